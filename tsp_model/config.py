@@ -1,0 +1,309 @@
+"""One typed configuration tree, loaded from TOML, with the paper's defaults in one place.
+
+Defaults follow section 4.2 of the paper (Wang et al., "Semi-supervised Active Learning for
+Instance Segmentation via Scoring Predictions"): SGD lr 0.001, momentum 0.9, weight decay 1e-4,
+50 epochs with lr x0.1 at epochs 45 and 49, lambda = 1, beta = 0.01, sigma_c = 0.9,
+sigma_b = 0.9, sigma_m = 0.8, b = 500 images per cycle, random horizontal flip, mask
+binarization at 0.3.
+
+A TOML file mirrors the tree::
+
+    [model]
+    backbone = "resnet18_fpn"
+    [train]
+    epochs = 2
+    lr_steps = [0.9, 0.98]
+    lr_steps_unit = "fraction"
+    [active]
+    budget = 20
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or out of range; the message names the key."""
+
+
+BackboneName = Literal["resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn"]
+NormName = Literal["batch", "group", "frozen"]
+
+
+@dataclass
+class ModelConfig:
+    """The network: torchvision Mask R-CNN plus the two TSP IoU heads."""
+
+    backbone: BackboneName = "resnet50_fpn"
+    # Normalization in the backbone. From scratch, "frozen" means no normalization at all
+    # (FrozenBatchNorm2d at identity); "batch" is torchvision's maskrcnn_resnet50_fpn default.
+    norm: NormName = "batch"
+    # Pretrained weights: None (train from scratch; the only option offline), "DEFAULT"
+    # (torchvision's weights enum, loaded only when the file is already in the torch hub cache),
+    # or a path to a local state_dict file. Never downloaded.
+    weights: str | None = None
+    weights_backbone: str | None = None
+    trainable_backbone_layers: int = 5
+    min_size: int = 512
+    max_size: int = 512
+    # lambda in eq. 1: weight of the box-IoU and mask-IoU l2 losses.
+    iou_loss_weight: float = 1.0
+    # beta in eq. 5: weight of the pseudo-label loss L_semi.
+    semi_loss_weight: float = 0.01
+    # Predicted masks are binarized at this threshold for the mask-IoU target (section 3.1).
+    mask_threshold: float = 0.3
+    box_score_thresh: float = 0.05
+    box_detections_per_img: int = 100
+
+
+@dataclass
+class TrainConfig:
+    """SGD schedule of section 4.2.
+
+    Learning-rate scaling rule: ``lr`` is for the paper's setting of 8 GPUs x ``batch_size``
+    images (total batch 8 * batch_size). With another total batch B, scale linearly:
+    lr * B / (8 * batch_size). ``scale_lr = true`` applies that rule automatically from the
+    world size; it is off by default so that a config means the same on any machine.
+    """
+
+    epochs: int = 50
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # Epochs (or fractions of the run, see lr_steps_unit) at which lr is multiplied by lr_gamma.
+    lr_steps: list[float] = field(default_factory=lambda: [45.0, 49.0])
+    lr_steps_unit: Literal["epoch", "fraction"] = "epoch"
+    lr_gamma: float = 0.1
+    warmup_iters: int = 0
+    batch_size: int = 2  # images per process (per GPU)
+    scale_lr: bool = False
+    workers: int = 2
+    hflip_prob: float = 0.5
+    # Automatic mixed precision: bf16 on CUDA devices that support it, off on the CPU.
+    amp: bool = True
+    seed: int = 0
+    # Fraction of each batch drawn from pseudo-labeled images when both sets exist (eq. 5 mixes
+    # them in one batch); 0 < value < 1. None: proportional to the set sizes.
+    pseudo_fraction: float | None = None
+    clip_grad_norm: float | None = 10.0
+    log_every: int = 20
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
+
+
+@dataclass
+class ActiveConfig:
+    """Algorithm 1: selection and pseudo labeling per cycle."""
+
+    budget: int = 500  # b, images sent for labeling per cycle
+    cycles: int = 6  # K; the paper's budget B = 3000 = 6 x 500
+    strategy: str = "tsp"
+    pseudo_labels: bool = True
+    sigma_c: float = 0.9
+    sigma_b: float = 0.9
+    sigma_m: float = 0.8
+    # S_i of an image with no detection. 1.0 = "certain": most head-CT slices hold no lesion,
+    # and ranking every empty slice first would flood the queue with them.
+    empty_image_score: float = 1.0
+
+
+@dataclass
+class ScoreConfig:
+    """Batched inference over the unlabeled pool."""
+
+    batch_size: int = 4
+    workers: int = 2
+    amp: bool = True
+    # Store each instance's mask as COCO RLE in the results file.
+    store_masks: bool = True
+
+
+@dataclass
+class TSPConfig:
+    """The whole tree."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    active: ActiveConfig = field(default_factory=ActiveConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TSPConfig:
+        return _build(cls, data, prefix="")
+
+
+def _check_value(key: str, tp: Any, value: Any) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, arg, value)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(f"{key}[{i}]", args[0], v) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{prefix}{key}: unknown key (known: {known})")
+    kwargs = {k: _check_value(f"{prefix}{k}", hints[k], v) for k, v in data.items()}
+    obj = cls(**kwargs)
+    _validate(obj, prefix)
+    return obj
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    """Range checks that types alone cannot express."""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{prefix}{key}: {msg}")
+
+    if isinstance(obj, ModelConfig):
+        need(0.0 < obj.mask_threshold < 1.0, "mask_threshold", "must be in (0, 1)")
+        need(obj.iou_loss_weight >= 0, "iou_loss_weight", "must be >= 0")
+        need(obj.semi_loss_weight >= 0, "semi_loss_weight", "must be >= 0")
+        need(obj.min_size > 0 and obj.max_size >= obj.min_size, "max_size", "must be >= min_size > 0")
+        need(0 <= obj.trainable_backbone_layers <= 5, "trainable_backbone_layers", "must be 0..5")
+    elif isinstance(obj, TrainConfig):
+        need(obj.epochs >= 1, "epochs", "must be >= 1")
+        need(obj.lr > 0, "lr", "must be > 0")
+        need(obj.batch_size >= 1, "batch_size", "must be >= 1")
+        need(obj.workers >= 0, "workers", "must be >= 0")
+        need(0.0 <= obj.hflip_prob <= 1.0, "hflip_prob", "must be in [0, 1]")
+        if obj.lr_steps_unit == "fraction":
+            need(all(0.0 < s <= 1.0 for s in obj.lr_steps), "lr_steps", "fractions must be in (0, 1]")
+        need(
+            obj.pseudo_fraction is None or 0.0 < obj.pseudo_fraction < 1.0,
+            "pseudo_fraction",
+            "must be in (0, 1)",
+        )
+    elif isinstance(obj, ActiveConfig):
+        need(obj.budget >= 1, "budget", "must be >= 1")
+        need(obj.cycles >= 1, "cycles", "must be >= 1")
+        for name in ("sigma_c", "sigma_b", "sigma_m", "empty_image_score"):
+            need(0.0 <= getattr(obj, name) <= 1.0, name, "must be in [0, 1]")
+    elif isinstance(obj, ScoreConfig):
+        need(obj.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TSPConfig:
+    """Read a TOML file (or nothing: all defaults), then apply nested ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    if overrides:
+        data = merge_dicts(data, overrides)
+    try:
+        return TSPConfig.from_dict(data)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``extra`` wins."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_dicts(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def dump_toml(config: TSPConfig) -> str:
+    """Serialize to TOML text that :func:`load_config` reads back to an equal config."""
+    lines: list[str] = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                continue  # TOML has no null: an absent key means the default (None)
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover
+
+
+def lr_milestones(train: TrainConfig) -> list[int]:
+    """Epoch indices at which the lr decays, whichever unit the config used."""
+    if train.lr_steps_unit == "fraction":
+        return sorted({max(1, round(s * train.epochs)) for s in train.lr_steps})
+    return sorted({int(s) for s in train.lr_steps})
