@@ -66,6 +66,9 @@ class ModelConfig:
     semi_loss_weight: float = 0.01
     # Predicted masks are binarized at this threshold for the mask-IoU target (section 3.1).
     mask_threshold: float = 0.3
+    # Anchor size per FPN level (5 for the ResNet/tiny FPNs, listed once for MobileNet's 3 maps);
+    # None: torchvision's (32, 64, 128, 256, 512), or a quarter of that for tiny_fpn.
+    anchor_sizes: list[int] | None = None
     box_score_thresh: float = 0.05
     box_detections_per_img: int = 100
 

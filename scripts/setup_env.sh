@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtualenvs. Idempotent: a second run installs nothing new.
+#   .venv     the project: torch 2.14.1 + torchvision 0.29.1, tsp-al with its backend and dev extras
+#   .venv-ls  Label Studio 1.23.2, kept apart: it pins its own Django stack and label-studio-sdk
+# Set TSP_SKIP_LS=1 to skip the Label Studio environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+  echo "==> installing torch 2.14.1 + torchvision 0.29.1 (about 2 minutes)"
+  .venv/bin/pip install --progress-bar off -q torch==2.14.1 torchvision==0.29.1
+fi
+echo "==> installing tsp-al (editable) with backend and dev extras"
+.venv/bin/pip install --progress-bar off -q -e '.[backend,dev]'
+
+if [ "${TSP_SKIP_LS:-0}" != "1" ]; then
+  if [ ! -x .venv-ls/bin/label-studio ]; then
+    echo "==> installing Label Studio 1.23.2 into .venv-ls (about 2 minutes)"
+    "$PY" -m venv .venv-ls
+    .venv-ls/bin/pip install --progress-bar off -q label-studio==1.23.2
+  fi
+fi
+echo "==> environments ready"
