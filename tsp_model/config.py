@@ -23,6 +23,8 @@ Unknown keys and wrong types raise :class:`ConfigError` naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import sys
 import types
 import typing
@@ -102,7 +104,7 @@ class TrainConfig:
     # Fraction of each batch drawn from pseudo-labeled images when both sets exist (eq. 5 mixes
     # them in one batch); 0 < value < 1. None: proportional to the set sizes.
     pseudo_fraction: float | None = None
-    clip_grad_norm: float | None = 10.0
+    clip_grad_norm: float = 10.0  # 0 disables clipping
     log_every: int = 20
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
 
@@ -231,6 +233,9 @@ def _validate(obj: Any, prefix: str) -> None:
         need(obj.batch_size >= 1, "batch_size", "must be >= 1")
         need(obj.workers >= 0, "workers", "must be >= 0")
         need(0.0 <= obj.hflip_prob <= 1.0, "hflip_prob", "must be in [0, 1]")
+        need(obj.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0 (0 disables clipping)")
+        if obj.lr_steps_unit == "epoch":
+            need(all(float(s).is_integer() and s >= 1 for s in obj.lr_steps), "lr_steps", "epochs must be whole numbers >= 1")
         if obj.lr_steps_unit == "fraction":
             need(all(0.0 < s <= 1.0 for s in obj.lr_steps), "lr_steps", "fractions must be in (0, 1]")
         need(
@@ -298,8 +303,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        # JSON string escapes are valid TOML basic strings (ensure_ascii=False: no surrogates).
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover
@@ -308,5 +313,5 @@ def _toml_value(value: Any) -> str:
 def lr_milestones(train: TrainConfig) -> list[int]:
     """Epoch indices at which the lr decays, whichever unit the config used."""
     if train.lr_steps_unit == "fraction":
-        return sorted({max(1, round(s * train.epochs)) for s in train.lr_steps})
+        return sorted({max(1, math.floor(s * train.epochs + 0.5)) for s in train.lr_steps})
     return sorted({int(s) for s in train.lr_steps})

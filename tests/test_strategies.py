@@ -1,0 +1,120 @@
+"""Selection strategies on a hand-made scored pool."""
+
+from collections import Counter
+
+import pytest
+
+import tsp_model.strategies as strategies
+from tsp_model.records import ImageScore, InstanceScore
+from tsp_model.strategies import (
+    SelectionStrategy,
+    available_strategies,
+    get_strategy,
+    register_strategy,
+)
+
+
+def _img(image_id, S, insts=()):
+    """insts: (s, entropy) pairs."""
+    instances = [
+        InstanceScore(label=1, category="epidural", box=[0, 0, 1, 1], c=s, b=s, m=s, s=s, entropy=h)
+        for s, h in insts
+    ]
+    return ImageScore(image_id, f"{image_id}.png", 8, 8, S=S, instances=instances)
+
+
+# id   S     instance s      entropies   min s  mean entropy
+# A    0.50  0.70, 0.30      0.2, 0.4    0.30   0.3
+# B    0.40  0.40            0.1         0.40   0.1
+# C    1.00  (none)          -           1.00*  0.0   (*no instance: ranks by S)
+# D    0.45  0.45, 0.45      0.9, 0.7    0.45   0.8
+# E    0.40  0.40            0.1         0.40   0.1   (ties B everywhere; B is first in pool)
+# F    0.20  (none)          -           0.20*  0.0
+POOL = [
+    _img("A", 0.50, [(0.70, 0.2), (0.30, 0.4)]),
+    _img("B", 0.40, [(0.40, 0.1)]),
+    _img("C", 1.00),
+    _img("D", 0.45, [(0.45, 0.9), (0.45, 0.7)]),
+    _img("E", 0.40, [(0.40, 0.1)]),
+    _img("F", 0.20),
+]
+
+
+def test_registry_names():
+    assert available_strategies() == ["class_entropy", "random", "tsp", "tsp_instance"]
+    for name in available_strategies():
+        s = get_strategy(name)
+        assert isinstance(s, SelectionStrategy) and s.name == name
+
+
+def test_unknown_name_lists_known():
+    with pytest.raises(ValueError, match=r"'tps'.*class_entropy, random, tsp, tsp_instance"):
+        get_strategy("tps")
+
+
+def test_tsp_lowest_image_score_first():
+    # ascending S: F 0.20, B 0.40, E 0.40 (tie -> pool order), D 0.45, A 0.50, C 1.00
+    assert get_strategy("tsp").select(POOL, 3) == ["F", "B", "E"]
+    assert get_strategy("tsp").select(POOL, 6) == ["F", "B", "E", "D", "A", "C"]
+
+
+def test_tsp_instance_lowest_min_instance_score_first():
+    # min s: F 0.20*, A 0.30, B 0.40, E 0.40, D 0.45, C 1.00*
+    assert get_strategy("tsp_instance").select(POOL, 3) == ["F", "A", "B"]
+    assert get_strategy("tsp_instance").select(POOL, 10) == ["F", "A", "B", "E", "D", "C"]
+
+
+def test_class_entropy_highest_mean_entropy_first():
+    # mean entropy: D 0.8, A 0.3, B 0.1, E 0.1, C 0, F 0
+    assert get_strategy("class_entropy").select(POOL, 3) == ["D", "A", "B"]
+    assert get_strategy("class_entropy").select(POOL, 6) == ["D", "A", "B", "E", "C", "F"]
+
+
+@pytest.mark.parametrize("name", ["tsp", "tsp_instance", "class_entropy", "random"])
+def test_budget_edges(name):
+    strat = get_strategy(name)
+    assert strat.select(POOL, 0) == []
+    assert strat.select(POOL, -3) == []
+    assert strat.select([], 5) == []
+    everything = strat.select(POOL, 100)
+    assert sorted(everything) == ["A", "B", "C", "D", "E", "F"]
+
+
+def test_random_reproducible_and_seed_dependent():
+    pool = [_img(i, 0.5) for i in range(20)]
+    rnd = get_strategy("random")
+    a = rnd.select(pool, 5, seed=1)
+    assert a == rnd.select(pool, 5, seed=1)
+    assert len(set(a)) == 5 and set(a) <= set(range(20))
+    assert a != rnd.select(pool, 5, seed=2)
+    # the scores play no part: the same seed picks the same positions whatever S is
+    rescored = [_img(i, 1.0 - i / 20) for i in range(20)]
+    assert rnd.select(rescored, 5, seed=1) == a
+
+
+def test_random_is_uniform():
+    # 2000 draws of 1 out of 4: each image expected 500 times, binomial sd ~19.4
+    counts = Counter(get_strategy("random").select(POOL[:4], 1, seed=s)[0] for s in range(2000))
+    assert set(counts) == {"A", "B", "C", "D"}
+    assert all(400 < n < 600 for n in counts.values()), counts
+
+
+def test_bad_pools_are_refused():
+    with pytest.raises(ValueError, match="'B' appears twice"):
+        get_strategy("tsp").select([*POOL, _img("B", 0.1)], 2)
+    with pytest.raises(ValueError, match="image 'X': S is nan"):
+        get_strategy("tsp").select([*POOL, _img("X", float("nan"))], 2)
+
+
+def test_register_custom_strategy(monkeypatch):
+    monkeypatch.setattr(strategies, "_REGISTRY", dict(strategies._REGISTRY))
+
+    @register_strategy("highest_S")
+    class Highest(SelectionStrategy):
+        def rank(self, pool, *, seed=0):
+            return sorted(range(len(pool)), key=lambda i: -pool[i].S)
+
+    assert "highest_S" in available_strategies()
+    assert get_strategy("highest_S").select(POOL, 2) == ["C", "A"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy("tsp")(Highest)
