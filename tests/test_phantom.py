@@ -1,0 +1,104 @@
+"""Phantom generator: deterministic, COCO-valid, lesions disjoint, inside the head, bright."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from tsp_model.data.coco import CocoInstanceDataset
+from tsp_model.data.phantom import CLASS_NAMES, main, render_slice, window
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+    from tsp_model.data.phantom import generate_phantoms
+
+    a = generate_phantoms(tmp_path / "a", 4, size=64, seed=3, progress=False)
+    b = generate_phantoms(tmp_path / "b", 4, size=64, seed=3, progress=False)
+    c = generate_phantoms(tmp_path / "c", 4, size=64, seed=4, progress=False)
+    fa, fb, fc = _files(a.parent), _files(b.parent), _files(c.parent)
+    assert a.name == "annotations.json" and len(fa) == 5
+    assert fa == fb
+    assert fa["images/phantom_00000.png"] != fc["images/phantom_00000.png"]
+
+
+def test_lesion_rate_and_masks(tmp_path):
+    from tsp_model.data.phantom import generate_phantoms
+
+    ann = generate_phantoms(tmp_path, 50, size=64, seed=0, lesion_rate=0.7, progress=False)
+    coco = COCO(str(ann))
+    assert len(coco.imgs) == 50
+    positive = {a["image_id"] for a in coco.anns.values()}
+    assert len(positive) == 35  # exactly round(0.7 * 50)
+    assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == CLASS_NAMES
+    assert {a["category_id"] for a in coco.anns.values()} == {1, 2, 3}
+    for img_id in positive:
+        anns = coco.imgToAnns[img_id]
+        assert 1 <= len(anns) <= 3
+        masks = np.stack([coco.annToMask(a) for a in anns]).astype(bool)
+        assert masks.shape[1:] == (64, 64)
+        assert (masks.sum(axis=(1, 2)) >= 12).all()  # min area at size 64
+        assert masks.sum(0).max() == 1  # instances disjoint
+        image = np.array(Image.open(tmp_path / coco.imgs[img_id]["file_name"]))
+        assert image.dtype == np.uint8 and image.shape == (64, 64)
+        for a, m in zip(anns, masks):
+            x, y, w, h = a["bbox"]
+            ys, xs = np.nonzero(m)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+            assert a["area"] == m.sum() and a["iscrowd"] == 0
+            assert (image[m] > 0).all()  # inside the head, not in air
+
+
+def test_lesions_are_brighter_than_brain_and_darker_than_bone():
+    rng = np.random.default_rng(5)
+    sl = render_slice(rng, 128, 3)
+    assert len(sl.lesions) >= 1
+    lesion = np.any([m for _, m in sl.lesions], axis=0)
+    assert sl.hu[lesion].mean() > 50  # acute blood
+    brain = (sl.hu > 15) & (sl.hu < 50) & ~lesion
+    assert 25 < np.median(sl.hu[brain]) < 45
+    # Bone exists; blood is not bone (edge pixels next to the skull mix with it: partial volume).
+    assert (sl.hu > 500).sum() > 0 and np.percentile(sl.hu[lesion], 75) < 100
+    assert np.array_equal(sl.image, window(sl.hu))
+    empty = render_slice(np.random.default_rng(5), 128, 0)
+    assert empty.lesions == []
+
+
+def test_dataset_reads_phantoms_back(tmp_path):
+    from tsp_model.data.phantom import generate_phantoms
+
+    ann = generate_phantoms(tmp_path, 6, size=64, seed=1, lesion_rate=0.5, progress=False)
+    ds = CocoInstanceDataset(ann)  # file_name is relative to the json's folder
+    assert ds.class_names == CLASS_NAMES and len(ds) == 6
+    doc = json.loads(ann.read_text())
+    n_empty = 0
+    for i in range(len(ds)):
+        image, target = ds[i]
+        assert image.shape == (3, 64, 64)
+        anns = [a for a in doc["annotations"] if a["image_id"] == target["image_id"]]
+        n_empty += not anns
+        expected = [mask_utils.decode(a["segmentation"]) for a in anns]
+        assert target["labels"].tolist() == [a["category_id"] for a in anns]
+        assert np.array_equal(target["masks"].numpy(), np.array(expected, dtype=np.uint8).reshape(-1, 64, 64))
+    assert n_empty == 3
+
+
+def test_cli_and_argument_checks(tmp_path):
+    result = CliRunner().invoke(main, [str(tmp_path / "o"), "--count", "2", "--size", "64", "--seed", "2",
+                                       "--lesion-rate", "1.0"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("annotations.json")
+    assert len(json.loads((tmp_path / "o" / "annotations.json").read_text())["images"]) == 2
+    bad = CliRunner().invoke(main, [str(tmp_path / "p"), "--lesion-rate", "2"])
+    assert bad.exit_code != 0 and "lesion-rate" in bad.output
+    from tsp_model.data.phantom import generate_phantoms
+
+    with pytest.raises(ValueError, match="size"):
+        generate_phantoms(tmp_path / "q", 1, size=16)
