@@ -38,20 +38,22 @@ def batch(size: int, n: int = 2, seed: int = 0):
     return images, targets
 
 
-def train_step_seconds(model, size: int, steps: int) -> list[float]:
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+def train_step_seconds(models: dict, size: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per SGD step for each model, interleaved (A B A B ...) so load drifts hit both."""
     images, targets = batch(size)
-    times = []
+    opts = {n: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for n, m in models.items()}
+    times: dict[str, list[float]] = {n: [] for n in models}
     for i in range(steps + 1):
-        torch.manual_seed(i)
-        t0 = time.perf_counter()
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i:  # the first step warms up allocators
-            times.append(time.perf_counter() - t0)
+        for name, model in models.items():
+            model.train()
+            torch.manual_seed(i)
+            t0 = time.perf_counter()
+            loss = sum(model(images, targets).values())
+            opts[name].zero_grad()
+            loss.backward()
+            opts[name].step()
+            if i:  # the first step warms up allocators
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -81,9 +83,10 @@ def main() -> None:
         ),
     }
     rows = {}
+    step_times = train_step_seconds(models, args.size, args.steps)
     for name, model in models.items():
         gflops, dets = inference_gflops(model, args.size)
-        times = train_step_seconds(model, args.size, args.steps)
+        times = step_times[name]
         rows[name] = {
             "params_M": count_parameters(model) / 1e6,
             "inference_GFLOPs": gflops,

@@ -1,0 +1,241 @@
+"""Inference and pool scoring: model outputs -> per-instance (c, b, m, s) and per-image S.
+
+:func:`predict_images` turns a list of image tensors into :class:`~tsp_model.records.ImageScore`
+records (plus binary masks for callers that need pixels, such as the Label Studio backend).
+:func:`score_pool` runs it over the unlabeled pool in batches, sharded across torchrun ranks,
+and writes one JSON line per image atomically (Algorithm 1, lines 7-8).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from tsp_model.config import TSPConfig
+from tsp_model.engine import distributed as du
+from tsp_model.engine.amp import autocast
+from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_mask
+from tsp_model.records import ImageScore, InstanceScore, read_jsonl, write_jsonl
+from tsp_model.scoring import class_entropy, image_score, instance_score
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def output_to_record(
+    output: dict[str, torch.Tensor],
+    *,
+    image_id: int | str,
+    file_name: str,
+    width: int,
+    height: int,
+    class_names: Sequence[str],
+    empty_image_score: float = 1.0,
+    model_version: str = "",
+    store_masks: bool = True,
+) -> tuple[ImageScore, np.ndarray]:
+    """One model output dict (eval mode) -> (ImageScore, bool masks [N, H, W]).
+
+    ``s`` is eq. 2 of (c, b, m) = (scores, box_iou, mask_iou); ``S`` is eq. 3 of the image's
+    ``s`` (``empty_image_score`` without detections); ``entropy`` is the Shannon entropy of
+    ``class_probs``; masks are the probabilities binarized at 0.5.
+    """
+    # float64: scores are stored and compared as Python floats
+    c = output["scores"].detach().double().cpu()
+    b = output["box_iou"].detach().double().cpu()
+    m = output["mask_iou"].detach().double().cpu()
+    s = instance_score(c, b, m)
+    S = float(image_score(s, empty_score=empty_image_score))
+    entropy = class_entropy(output["class_probs"].detach().double().cpu())
+    boxes = output["boxes"].detach().float().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    masks = (output["masks"].detach().float().cpu()[:, 0] > MASK_THRESHOLD).numpy()
+    instances = []
+    for i, label in enumerate(labels):
+        instances.append(
+            InstanceScore(
+                label=int(label),
+                category=class_names[int(label) - 1],
+                box=[float(v) for v in boxes[i]],
+                c=float(c[i]),
+                b=float(b[i]),
+                m=float(m[i]),
+                s=float(s[i]),
+                entropy=float(entropy[i]),
+                mask=encode_mask(masks[i]) if store_masks else None,
+            )
+        )
+    record = ImageScore(
+        image_id=image_id,
+        file_name=file_name,
+        width=int(width),
+        height=int(height),
+        S=S,
+        instances=instances,
+        model_version=model_version,
+    )
+    return record, masks
+
+
+@torch.inference_mode()
+def predict_images(
+    model: torch.nn.Module,
+    images: Sequence[torch.Tensor],
+    class_names: Sequence[str],
+    empty_image_score: float = 1.0,
+    model_version: str = "",
+    *,
+    image_ids: Sequence[int | str] | None = None,
+    file_names: Sequence[str] | None = None,
+    amp: bool = True,
+    store_masks: bool = True,
+) -> tuple[list[ImageScore], list[np.ndarray]]:
+    """Run ``model`` (switched to eval mode) on ``images`` (FloatTensor[3, H, W] in 0..1).
+
+    Returns:
+        ``(records, masks)``: one :class:`ImageScore` per image (ids default to the list index,
+        file names to ``""``) and, aligned with each record's instances, bool masks [N, H, W].
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    with autocast(device, amp):
+        outputs = model([im.to(device) for im in images])
+    records, all_masks = [], []
+    for i, (im, out) in enumerate(zip(images, outputs)):
+        rec, masks = output_to_record(
+            out,
+            image_id=image_ids[i] if image_ids is not None else i,
+            file_name=file_names[i] if file_names is not None else "",
+            width=int(im.shape[-1]),
+            height=int(im.shape[-2]),
+            class_names=class_names,
+            empty_image_score=empty_image_score,
+            model_version=model_version,
+            store_masks=store_masks,
+        )
+        records.append(rec)
+        all_masks.append(masks)
+    return records, all_masks
+
+
+class PoolDataset(Dataset):
+    """Unlabeled images: items ``(FloatTensor[3, H, W], image_id, file_name)``.
+
+    Args:
+        items: ``(image_id, path)`` or ``(image_id, path, file_name)`` tuples; ``file_name``
+            (what the score record stores) defaults to the path's name.
+
+    An unreadable image yields ``None`` with a warning naming its path; :func:`pool_collate`
+    drops it, so one bad file costs one record, not the run.
+    """
+
+    def __init__(self, items: Sequence[tuple]) -> None:
+        self.items = []
+        for item in items:
+            image_id, path = item[0], Path(item[1])
+            file_name = str(item[2]) if len(item) > 2 else path.name
+            self.items.append((image_id, path, file_name))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> PoolDataset:
+        """Every image file under ``folder`` (sorted); image_id = file_name = its relative path."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: image folder not found")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        return cls([(str(p.relative_to(folder)), p, str(p.relative_to(folder))) for p in files])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int | str, str] | None:
+        from tsp_model.data.image_io import ImageError, read_image, to_tensor
+
+        image_id, path, file_name = self.items[idx]
+        try:
+            return to_tensor(read_image(path)), image_id, file_name
+        except ImageError as exc:
+            log.warning("skipping pool image %s: %s", path, exc)
+            return None
+
+
+def pool_collate(batch: list) -> list[tuple[torch.Tensor, int | str, str]]:
+    return [item for item in batch if item is not None]
+
+
+def _shard_path(out_path: Path, rank: int) -> Path:
+    return out_path.with_name(f".{out_path.name}.rank{rank}")
+
+
+def score_pool(
+    model: torch.nn.Module,
+    pool: PoolDataset | Sequence[tuple],
+    *,
+    class_names: Sequence[str],
+    config: TSPConfig,
+    out_path: str | Path,
+    model_version: str,
+    dist: du.DistInfo | None = None,
+    progress: bool = True,
+) -> Path:
+    """Score every pool image and write ``out_path`` (JSON lines, one :class:`ImageScore` each).
+
+    ``pool`` is a :class:`PoolDataset` or a list of ``(image_id, path[, file_name])``. Under torchrun each rank scores every world-th image and
+    writes a hidden shard; rank 0 merges them in pool order into ``out_path`` (atomic) and
+    removes the shards. Unreadable images are skipped with a warning. Returns ``out_path``.
+    """
+    dist = dist or du.DistInfo()
+    out_path = Path(out_path)
+    if not isinstance(pool, PoolDataset):
+        pool = PoolDataset(pool)
+    sc = config.score
+    indices = list(range(dist.rank, len(pool), dist.world_size))
+    loader = DataLoader(
+        Subset(pool, indices),
+        batch_size=sc.batch_size,
+        shuffle=False,
+        num_workers=sc.workers,
+        collate_fn=pool_collate,
+    )
+    model.eval()
+    records: list[ImageScore] = []
+    bar = tqdm(
+        total=len(indices), desc=f"score pool [{dist.rank}]" if dist.distributed else "score pool",
+        unit="img", disable=not (progress and dist.is_main), file=sys.stderr,
+    )
+    for batch in loader:
+        if batch:
+            images, ids, names = zip(*batch)
+            recs, _ = predict_images(
+                model, list(images), class_names, config.active.empty_image_score, model_version,
+                image_ids=list(ids), file_names=list(names), amp=sc.amp, store_masks=sc.store_masks,
+            )
+            records.extend(recs)
+        bar.update(len(batch) if batch else 0)
+    bar.close()
+
+    if not dist.distributed:
+        return write_jsonl(out_path, records)
+    write_jsonl(_shard_path(out_path, dist.rank), records)
+    du.barrier()
+    if dist.is_main:
+        merged: list[ImageScore] = []
+        for r in range(dist.world_size):
+            merged.extend(read_jsonl(_shard_path(out_path, r)))
+        # back to pool order: rank r holds items r, r + world, ...
+        order = {item[0]: i for i, item in enumerate(pool.items)}
+        merged.sort(key=lambda rec: order.get(rec.image_id, len(order)))
+        write_jsonl(out_path, merged)
+        for r in range(dist.world_size):
+            _shard_path(out_path, r).unlink(missing_ok=True)
+    du.barrier()
+    return out_path
+
