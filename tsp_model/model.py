@@ -251,16 +251,11 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, list[str]]:
     return backbone, levels
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> TSPMaskRCNN:
-    """Build the TSP model described by ``cfg``.
-
-    Args:
-        cfg: the ``[model]`` config section.
-        num_classes: number of classes INCLUDING background.
-    """
-    backbone, levels = build_backbone(cfg)
+def maskrcnn_kwargs(cfg: ModelConfig, backbone: nn.Module, levels: list[str], num_classes: int) -> dict[str, Any]:
+    """torchvision ``MaskRCNN`` keyword arguments for ``cfg`` (shared by TSP and plain models)."""
     channels = backbone.out_channels
     kwargs: dict[str, Any] = dict(
+        num_classes=num_classes,
         min_size=cfg.min_size,
         max_size=cfg.max_size,
         box_score_thresh=cfg.box_score_thresh,
@@ -285,6 +280,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> TSPMaskRCNN:
     if cfg.backbone == "tiny_fpn":
         # Small heads and fewer proposals: a model for CPU tests and laptop demos.
         kwargs.update(
+            num_classes=None,
             box_head=TwoMLPHead(channels * 7 * 7, 256),
             box_predictor=FastRCNNPredictor(256, num_classes),
             mask_head=MaskRCNNHeads(channels, [64, 64], 1),
@@ -295,30 +291,41 @@ def build_model(cfg: ModelConfig, num_classes: int) -> TSPMaskRCNN:
             rpn_post_nms_top_n_test=150,
             box_batch_size_per_image=128,
         )
-        model = TSPMaskRCNN(
-            backbone,
-            None,
-            iou_loss_weight=cfg.iou_loss_weight,
-            semi_loss_weight=cfg.semi_loss_weight,
-            mask_threshold=cfg.mask_threshold,
-            box_iou_head=BoxIoUHead(channels, 64),
-            mask_iou_head=MaskIoUHead(channels, 64),
-            **kwargs,
-        )
-    else:
-        if cfg.backbone == "resnet50_fpn" and cfg.norm == "batch":
-            # As torchvision's maskrcnn_resnet50_fpn_v2: normalized mask head convolutions.
-            kwargs["mask_head"] = MaskRCNNHeads(channels, [256, 256, 256, 256], 1, norm_layer=nn.BatchNorm2d)
-        model = TSPMaskRCNN(
-            backbone,
-            num_classes,
-            iou_loss_weight=cfg.iou_loss_weight,
-            semi_loss_weight=cfg.semi_loss_weight,
-            mask_threshold=cfg.mask_threshold,
-            **kwargs,
-        )
+    # Otherwise torchvision's default heads, as in maskrcnn_resnet50_fpn: the TSP IoU heads are
+    # then the only difference between TSPMaskRCNN and a plain Mask R-CNN built from this config.
+    return kwargs
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> TSPMaskRCNN:
+    """Build the TSP model described by ``cfg``.
+
+    Args:
+        cfg: the ``[model]`` config section.
+        num_classes: number of classes INCLUDING background.
+    """
+    backbone, levels = build_backbone(cfg)
+    channels = backbone.out_channels
+    kwargs = maskrcnn_kwargs(cfg, backbone, levels, num_classes)
+    if cfg.backbone == "tiny_fpn":
+        kwargs.update(box_iou_head=BoxIoUHead(channels, 64), mask_iou_head=MaskIoUHead(channels, 64))
+    model = TSPMaskRCNN(
+        backbone,
+        iou_loss_weight=cfg.iou_loss_weight,
+        semi_loss_weight=cfg.semi_loss_weight,
+        mask_threshold=cfg.mask_threshold,
+        **kwargs,
+    )
     _load_full_weights(model, cfg)
     return model
+
+
+def build_plain_maskrcnn(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
+    """A torchvision ``MaskRCNN`` with the same backbone, heads and settings, without TSP heads.
+
+    The baseline for speed comparisons (benchmarks/speed.py).
+    """
+    backbone, levels = build_backbone(cfg)
+    return MaskRCNN(backbone, **maskrcnn_kwargs(cfg, backbone, levels, num_classes))
 
 
 def _load_full_weights(model: TSPMaskRCNN, cfg: ModelConfig) -> None:
@@ -350,6 +357,8 @@ __all__ = [
     "WeightsNotFoundError",
     "build_backbone",
     "build_model",
+    "build_plain_maskrcnn",
+    "maskrcnn_kwargs",
     "count_parameters",
     "load_matching_weights",
     "norm_layer_for",
