@@ -173,6 +173,20 @@ def test_empty_targets_give_every_parameter_a_gradient(pseudo):
     assert missing == []
 
 
+@pytest.mark.parametrize("pseudo", [False, True])
+def test_batch_mixing_an_empty_image_with_a_labeled_one(pseudo):
+    """An image without instances beside one with instances: losses finite, all parameters reached."""
+    model = tiny_model()
+    model.train()
+    empty = empty_target()
+    empty["pseudo"] = pseudo
+    losses = model(make_images(2), [make_target(), empty])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert float(losses["loss_box_iou"]) > 0
+    sum(losses.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 def test_eval_outputs_carry_box_and_mask_iou():
     model = tiny_model(box_score_thresh=0.0)
     model.eval()

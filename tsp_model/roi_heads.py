@@ -161,11 +161,12 @@ class TSPRoIHeads(RoIHeads):
 
         # Box-IoU head (labeled images only): target = IoU(regressed box, matched gt box).
         pos_sup = [torch.where(labels[i] > 0)[0] for i in sup]
+        n_cls = class_logits.shape[1]
         if sup and sum(int(p.numel()) for p in pos_sup) > 0:
             feats, pred_boxes, gt_boxes = [], [], []
             for i, pos in zip(sup, pos_sup):
                 lbl = labels[i][pos]
-                deltas = reg_i[i][pos].reshape(pos.numel(), -1, 4)[torch.arange(pos.numel()), lbl]
+                deltas = reg_i[i][pos].reshape(-1, n_cls, 4)[torch.arange(pos.numel()), lbl]
                 pred_boxes.append(self.box_coder.decode_single(deltas.detach(), proposals[i][pos]))
                 gt_boxes.append(targets[i]["boxes"][matched_idxs[i][pos]].to(deltas.dtype))
                 feats.append(roi_i[i][pos])
