@@ -7,3 +7,87 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+# ---- H4 backend / Label Studio fixtures (begin) --------------------------------------------
+# A real Label Studio (from .venv-ls or $TSP_LS_BIN) and a real `tsp-backend` process, started
+# once per test session for tests marked `integration`. Helpers live in tests/ls_fixtures.py.
+import shutil as _h4_shutil  # noqa: E402
+import subprocess as _h4_subprocess  # noqa: E402
+import sys as _h4_sys  # noqa: E402
+import time as _h4_time  # noqa: E402
+from pathlib import Path as _H4Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A running local Label Studio 1.23 (``LocalLabelStudio``): ``.url``, ``.token``, ``.files_root``."""
+    from tsp_cli.local_server import LocalLabelStudio, default_ls_bin
+
+    ls_bin = default_ls_bin()
+    if not _H4Path(ls_bin).exists() and _h4_shutil.which(ls_bin) is None:
+        if os.environ.get("CI"):  # CI installs it (scripts/setup_env.sh): missing there is a failure
+            pytest.fail(f"label-studio not installed ({ls_bin}); scripts/setup_env.sh should have installed it")
+        pytest.skip(f"label-studio not installed ({ls_bin}); python3 -m venv .venv-ls && "
+                    ".venv-ls/bin/pip install label-studio==1.23.2, or set TSP_LS_BIN")
+    server = LocalLabelStudio(tmp_path_factory.mktemp("label-studio"), ls_bin=ls_bin)
+    t0 = _h4_time.monotonic()
+    server.start()
+    server.start_seconds = _h4_time.monotonic() - t0
+    print(f"\n[label_studio] up at {server.url} in {server.start_seconds:.1f} s")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ls_client(label_studio):
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+
+
+@pytest.fixture(scope="session")
+def tsp_backend_server(tmp_path_factory, label_studio):
+    """`tsp-backend` on a free port with a tiny checkpoint and basic auth ("ls-ml"/"ml-secret")."""
+    from tests.ls_fixtures import make_tiny_checkpoint, wait_for
+    from tsp_cli.local_server import free_port
+
+    import requests
+
+    model_dir = tmp_path_factory.mktemp("models")
+    make_tiny_checkpoint(model_dir, size=64, detections=4)
+    port = free_port()
+    log_path = model_dir.parent / "tsp-backend.log"
+    exe = _H4Path(_h4_sys.executable).parent / "tsp-backend"
+    env = dict(os.environ, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
+               BASIC_AUTH_USER="ls-ml", BASIC_AUTH_PASS="ml-secret", TSP_DEVICE="cpu", OMP_NUM_THREADS="1")
+    log = open(log_path, "wb")
+    proc = _h4_subprocess.Popen([str(exe), "--port", str(port), "--model-dir", str(model_dir)], env=env,
+                                stdout=log, stderr=_h4_subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    auth = ("ls-ml", "ml-secret")
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError(f"tsp-backend exited: {log_path.read_text()[-2000:]}")
+        try:
+            return requests.get(url + "/health", auth=auth, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(up, timeout=120)
+        yield {"url": url, "model_dir": model_dir, "auth": auth, "log": log_path, "proc": proc}
+    finally:
+        import signal
+
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except _h4_subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+# ---- H4 backend / Label Studio fixtures (end) ----------------------------------------------

@@ -1,0 +1,240 @@
+"""Start and stop a local Label Studio for tests and the quickstart (local development only).
+
+    with LocalLabelStudio(data_dir, port=8080, username="me@example.com", password="...") as ls:
+        client = label_studio_sdk.LabelStudio(base_url=ls.url, api_key=ls.token)
+
+It runs ``label-studio start`` on SQLite in ``data_dir`` with local-file serving on, and with
+Label Studio's SSRF protection OFF (``ML_BLOCK_LOCAL_IP=false``, ``SSRF_PROTECTION_ENABLED=false``)
+so that an ML backend on 127.0.0.1 can be connected. Never run a shared server that way.
+
+The API token is a Personal Access Token obtained through the login flow (Label Studio 1.23 has
+legacy tokens off). A user has one PAT, and Label Studio shows it only once, so the first one is
+stored in ``<data_dir>/tsp-pat`` (mode 0600) and reused on later starts. If a PAT exists but that
+file does not (it was created in the UI), paste the token into that file, or revoke it under
+Account & Settings and start again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LabelStudioStartError", "LocalLabelStudio", "default_ls_bin", "free_port"]
+
+PAT_FILE = "tsp-pat"
+
+
+class LabelStudioStartError(RuntimeError):
+    """The local Label Studio did not come up or refused the login; the message says why."""
+
+
+def default_ls_bin() -> str:
+    """``$TSP_LS_BIN``, else ``<repo>/.venv-ls/bin/label-studio``, else ``label-studio`` on PATH."""
+    env = os.environ.get("TSP_LS_BIN")
+    if env:
+        return env
+    repo_bin = Path(__file__).resolve().parent.parent / ".venv-ls" / "bin" / "label-studio"
+    if repo_bin.exists():
+        return str(repo_bin)
+    return shutil.which("label-studio") or str(repo_bin)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalLabelStudio:
+    """Context manager running ``label-studio start`` in its own process group.
+
+    Attributes after ``start()``: ``url`` (``http://127.0.0.1:<port>``), ``token`` (the PAT),
+    ``files_root`` (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; tasks may point at
+    ``/data/local-files/?d=<path relative to it>``), ``log_path``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int | None = None,
+        username: str = "tsp@example.com",
+        password: str = "tsp-local-password",
+        ls_bin: str | None = None,
+        files_root: str | Path | None = None,
+        start_timeout: float = 300.0,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.username = username
+        self.password = password
+        self.ls_bin = ls_bin or default_ls_bin()
+        self.files_root = Path(files_root).resolve() if files_root else self.data_dir / "files"
+        self.start_timeout = start_timeout
+        self.extra_env = extra_env or {}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token: str | None = None
+        self.log_path = self.data_dir / "label-studio.log"
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    # -- process ----------------------------------------------------------------------------
+    def start(self) -> "LocalLabelStudio":
+        if not Path(self.ls_bin).exists() and shutil.which(self.ls_bin) is None:
+            raise LabelStudioStartError(
+                f"{self.ls_bin}: label-studio not found; install it apart from the project: "
+                "python3 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2 (or set TSP_LS_BIN)"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.files_root.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
+            LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir),
+            LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(self.files_root),
+            # local development and tests only: lets Label Studio call a backend on 127.0.0.1
+            ML_BLOCK_LOCAL_IP="false",
+            SSRF_PROTECTION_ENABLED="false",
+            LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="false",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        cmd = [
+            self.ls_bin, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(self.port),
+            "--username", self.username, "--password", self.password,
+        ]
+        self._log = open(self.log_path, "ab")
+        logger.info("starting Label Studio on %s (data %s, log %s)", self.url, self.data_dir, self.log_path)
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # own process group: stop() ends label-studio and its children
+        )
+        try:
+            self._wait_healthy()
+            self.token = self._obtain_token()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        import requests
+
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise LabelStudioStartError(
+                    f"label-studio exited with code {self._proc.returncode} before answering /health; "
+                    f"see {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                r = requests.get(self.url + "/health", timeout=2)
+                if r.status_code == 200 and r.json().get("status") == "UP":
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(1.0)
+        raise LabelStudioStartError(f"Label Studio at {self.url} not UP after {self.start_timeout:.0f} s; see {self.log_path}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "LocalLabelStudio":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- token ------------------------------------------------------------------------------
+    @property
+    def pat_path(self) -> Path:
+        return self.data_dir / PAT_FILE
+
+    def login_session(self):
+        """A ``requests.Session`` logged in through the web form (cookies + CSRF token)."""
+        import requests
+
+        s = requests.Session()
+        r = s.get(self.url + "/user/login/", timeout=30)
+        r.raise_for_status()
+        csrf = s.cookies.get("csrftoken")
+        if not csrf:
+            raise LabelStudioStartError(f"{self.url}/user/login/ set no csrftoken cookie")
+        r = s.post(
+            self.url + "/user/login/",
+            data={"email": self.username, "password": self.password, "csrfmiddlewaretoken": csrf},
+            headers={"Referer": self.url + "/user/login/"},
+            timeout=30,
+            allow_redirects=False,
+        )
+        if r.status_code not in (200, 302) or "sessionid" not in s.cookies:
+            raise LabelStudioStartError(
+                f"login to {self.url} as {self.username} failed (HTTP {r.status_code}); check the username and password"
+            )
+        s.headers["X-CSRFToken"] = s.cookies.get("csrftoken", csrf)
+        s.headers["Referer"] = self.url + "/"
+        return s
+
+    def _obtain_token(self) -> str:
+        """The user's PAT: from ``<data_dir>/tsp-pat`` if stored, else created and stored (0600)."""
+        if self.pat_path.is_file():
+            return self.pat_path.read_text().strip()
+        s = self.login_session()
+        r = s.post(self.url + "/api/token/", json={}, timeout=30)
+        if r.status_code == 409:
+            raise LabelStudioStartError(
+                f"{self.username} already has a Personal Access Token that was not stored in {self.pat_path}; "
+                "paste it into that file (chmod 600) or revoke it in Account & Settings and start again"
+            )
+        if r.status_code not in (200, 201) or "token" not in r.json():
+            raise LabelStudioStartError(f"POST {self.url}/api/token/ answered HTTP {r.status_code}; cannot get a token")
+        token = r.json()["token"]
+        fd = os.open(self.pat_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+
+def main() -> None:  # pragma: no cover - manual use: python -m tsp_cli.local_server DATA_DIR [PORT]
+    logging.basicConfig(level=logging.INFO)
+    data_dir = sys.argv[1] if len(sys.argv) > 1 else "ls-data"
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
+    with LocalLabelStudio(data_dir, port=port) as ls:
+        print(f"Label Studio at {ls.url}; token stored in {ls.pat_path}; Ctrl-C to stop", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,108 @@
+"""Helpers for backend and Label Studio tests: tiny checkpoints, label configs, test images.
+
+Fixtures that use them live in tests/conftest.py (the "H4 backend / Label Studio fixtures" block).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CLASS_NAMES = ["epidural", "subdural", "intraparenchymal"]
+
+BRUSH_CONFIG = """<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="lesion" toName="image">
+    <Label value="epidural"/><Label value="subdural"/><Label value="intraparenchymal"/>
+  </BrushLabels>
+</View>"""
+
+POLYGON_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <PolygonLabels name="outline" toName="image">
+    <Label value="epidural"/><Label value="subdural"/><Label value="intraparenchymal"/>
+  </PolygonLabels>
+</View>"""
+
+CHOICES_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="finding" toName="image"><Choice value="bleed"/><Choice value="none"/></Choices>
+</View>"""
+
+UNKNOWN_LABELS_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="lesion" toName="image"><Label value="epidural"/><Label value="tumor"/></BrushLabels>
+</View>"""
+
+
+def make_tiny_checkpoint(
+    model_dir: str | Path,
+    name: str = "tiny.pt",
+    version: str = "tsp-test-v1",
+    class_names: list[str] = CLASS_NAMES,
+    seed: int = 0,
+    size: int = 64,
+    detections: int = 4,
+    mtime: float | None = None,
+) -> Path:
+    """Write an untrained tiny_fpn checkpoint (arbitrary but deterministic detections)."""
+    from tsp_model.config import ModelConfig, TSPConfig
+    from tsp_model.engine.checkpoint import save_checkpoint
+    from tsp_model.model import build_model
+
+    torch.manual_seed(seed)
+    cfg = TSPConfig(model=ModelConfig(backbone="tiny_fpn", min_size=size, max_size=size,
+                                      box_score_thresh=0.0, box_detections_per_img=detections))
+    model = build_model(cfg.model, num_classes=len(class_names) + 1)
+    with torch.no_grad():
+        # untrained mask logits hover around 0 and binarize to empty masks; a positive bias
+        # makes every predicted mask fill most of its box, so tests always have regions to check
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(3.0)
+    path = save_checkpoint(Path(model_dir) / name, {
+        "model": model.state_dict(), "optimizer": None, "scheduler": None, "scaler": None,
+        "config": cfg.to_dict(), "class_names": list(class_names), "epoch": 0,
+        "model_version": version,
+    })
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def png_bytes(size: int = 64, seed: int = 0, gray: bool = True) -> bytes:
+    """A head-CT-ish 8-bit PNG: a bright ring with a blob, deterministic."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    img = np.where(np.abs(r - size * 0.4) < size * 0.05, 230, 60).astype(np.float64)
+    cy, cx = rng.integers(size // 4, 3 * size // 4, size=2)
+    img[np.hypot(yy - cy, xx - cx) < size * 0.1] = 180
+    img += rng.normal(0, 5, img.shape)
+    arr = np.clip(img, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr if gray else np.stack([arr] * 3, -1)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: str | Path, size: int = 64, seed: int = 0) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(size, seed))
+    return path
+
+
+def wait_for(pred, timeout: float = 30.0, interval: float = 0.3):
+    """Poll ``pred()`` until truthy; return its value or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
