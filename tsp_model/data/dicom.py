@@ -16,9 +16,11 @@ Windows (center, width) in HU, the usual head-CT presets (:data:`WINDOWS`)::
 Window formula (also used by the head-CT phantom)::
 
     lo = center - width / 2
-    value = round_half_up(clip((HU - lo) / width, 0, 1) * 255)
+    value = round(clip((HU - lo) / width, 0, 1) * 255)      # NumPy rounding: ties to even
 
-so in the brain window HU <= 0 -> 0, HU 40 -> 127.5 -> 128, HU >= 80 -> 255.
+so in the brain window HU <= 0 -> 0, HU 20 -> 63.75 -> 64, HU 40 -> 127.5 -> 128, HU >= 80 -> 255.
+It is the phantom generator's formula, so a phantom slice written as DICOM and imported comes
+back byte-identical.
 
 ``MONOCHROME1`` (low values shown white, common in radiographs) is inverted *after* windowing
 (``255 - value``); the HU array itself keeps its physical meaning.
@@ -51,7 +53,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ KEPT_TAGS: tuple[str, ...] = (
     "ImagePositionPatient",
 )
 
+# Suffixes never holding DICOM: skipped when scanning folders (pictures are imported separately).
+_NOT_DICOM = {".png", ".jpg", ".jpeg", ".txt", ".json", ".html", ".csv", ".md", ".xml", ".pdf", ".zip"}
+
 _PLUGIN_HINT = (
     "pip install 'tsp-al[dicom-compressed]' (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, "
     "pylibjpeg-rle) or pip install python-gdcm"
@@ -121,13 +126,14 @@ class DicomSlice:
 def apply_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     """HU float [H, W] -> uint8 [H, W]: ``center - width/2`` is 0, ``center + width/2`` is 255.
 
-    Values are rounded half up (HU 40 in the brain window 40/80 -> 127.5 -> 128).
+    Values are rounded to the nearest integer, ties to even, like ``tsp_model.data.phantom.window``
+    (HU 40 in the brain window 40/80 -> 127.5 -> 128).
     """
     if width <= 0:
         raise ValueError(f"window width must be > 0, got {width}")
     lo = center - width / 2.0
     scaled = np.clip((np.asarray(hu, dtype=np.float64) - lo) / width, 0.0, 1.0) * 255.0
-    return np.floor(scaled + 0.5).astype(np.uint8)
+    return np.round(scaled).astype(np.uint8)
 
 
 def stack_windows(hu: np.ndarray, names: Sequence[str] = RGB_WINDOWS) -> np.ndarray:
@@ -206,6 +212,31 @@ def _check_decodable(ds: pydicom.Dataset, path: Path) -> None:
         )
 
 
+def _dcmread(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset | None:
+    """A DICOM dataset, or None when ``path`` is not DICOM.
+
+    Files without the 128-byte preamble and file meta header (older exports write bare datasets)
+    are read with ``force=True`` and kept only if they hold an image with a SOPInstanceUID; their
+    transfer syntax is set from the encoding pydicom detected.
+    """
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        pass
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+    except Exception:  # force-reading arbitrary bytes fails in many ways
+        return None
+    if "SOPInstanceUID" not in ds or "Rows" not in ds:
+        return None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
+    return ds
+
+
 def read_dicom(path: str | Path) -> list[DicomSlice]:
     """All 2-D slices of one DICOM file (one per frame), in HU.
 
@@ -215,11 +246,13 @@ def read_dicom(path: str | Path) -> list[DicomSlice]:
     """
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
+        ds = _dcmread(path)
     except FileNotFoundError:
         raise DicomError(f"{path}: file not found") from None
-    except (InvalidDicomError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise DicomError(f"{path}: not a readable DICOM file ({exc})") from None
+    if ds is None:
+        raise DicomError(f"{path}: not a readable DICOM file (no DICOM header and no image dataset)")
     if "PixelData" not in ds:
         raise DicomError(f"{path}: no pixel data (not an image: SOP class {ds.get('SOPClassUID', '?')})")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -263,8 +296,8 @@ def read_dicom_slice(path: str | Path) -> DicomSlice:
 
 def _header(path: Path) -> pydicom.Dataset | None:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError):
+        return _dcmread(path, stop_before_pixels=True)
+    except (OSError, ValueError):
         return None
 
 
@@ -288,7 +321,8 @@ def find_dicom_files(paths: Iterable[str | Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() not in _NOT_DICOM)
+            for f in files:
                 ds = _header(f)
                 if ds is None or "Rows" not in ds:
                     logger.debug("skipping %s: not a DICOM image", f)
