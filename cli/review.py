@@ -163,10 +163,21 @@ def overlay_command(ctx: click.Context, project: str | None, workdir: Path | Non
 
 def _run_overlay(ctx: click.Context, project: str | None, workdir: Path | None, top: int, out_dir: Path | None,
                  scores_file: Path | None, model_version: str | None, image_dir: Path | None) -> None:
+    wd = _workdir(ctx, project, workdir)
+    index, n, scored, path = write_overlays(wd, top=top, out_dir=out_dir, scores_file=scores_file,
+                                            model_version=model_version, image_dir=image_dir)
+    click.echo(f"{n} overlays of {scored} scored images ({path.name}) -> {index}")
+
+
+def write_overlays(wd: Path, *, top: int = 10, out_dir: Path | None = None, scores_file: Path | None = None,
+                   model_version: str | None = None, image_dir: Path | None = None) -> tuple[Path, int, int, Path]:
+    """Hardest/easiest overlays + index.html of a work directory's newest (or given) score file.
+
+    Returns ``(index_html, overlays_written, images_scored, score_file)``.
+    """
     from tsp_model.overlay import load_image_from, write_overlay_index
     from tsp_model.records import read_jsonl
 
-    wd = _workdir(ctx, project, workdir)
     path = scores_file or find_score_file(wd, model_version)
     records = read_jsonl(path)
     if not records:
@@ -175,8 +186,7 @@ def _run_overlay(ctx: click.Context, project: str | None, workdir: Path | None, 
     out = out_dir or (wd / "overlays" / version)
     index = write_overlay_index(records, out, load_image_from(image_dir or _image_dir(wd)), top=top,
                                 title=f"TSP scores: {version}")
-    n = len(list(out.glob("*.png")))
-    click.echo(f"{n} overlays of {len(records)} scored images ({path.name}) -> {index}")
+    return index, len(list(out.glob("*.png"))), len(records), path
 
 
 @click.command("report", help="Learning curve (mAP50, labeled count) and S_i histograms per cycle, as PNG.")
@@ -205,10 +215,15 @@ def _cycles_or_state(wd: Path) -> list[dict[str, Any]]:
 
 
 def _run_report(ctx: click.Context, project: str | None, workdir: Path | None, out_dir: Path | None) -> None:
+    wd = _workdir(ctx, project, workdir)
+    click.echo("\n".join(str(p) for p in write_report(wd, out_dir)))
+
+
+def write_report(wd: Path, out_dir: Path | None = None) -> list[Path]:
+    """Learning curve and S_i histograms of a work directory; returns the PNGs written."""
     from tsp_model.records import read_jsonl
     from tsp_model.report import plot_learning_curve, plot_score_histograms
 
-    wd = _workdir(ctx, project, workdir)
     out = out_dir or (wd / "report")
     cycles = _cycles_or_state(wd)
     written = []
@@ -231,4 +246,4 @@ def _run_report(ctx: click.Context, project: str | None, workdir: Path | None, o
         written.append(plot_score_histograms(per_cycle, out / "score_histograms.png"))
     if not written:
         raise SyncError(f"{wd}: no cycles and no score files yet; run tsp-sync cycle first")
-    click.echo("\n".join(str(p) for p in written))
+    return written

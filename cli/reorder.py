@@ -1,0 +1,123 @@
+"""``tsp-sync reorder``: make Label Studio serve the lowest ``S_i`` first.
+
+- ``projects.update(model_version=<newest pushed>, sampling="Uncertainty sampling")``: Label
+  Studio's label stream then orders tasks holding a prediction of that ``model_version`` by
+  ascending prediction score (``projects/functions/next_task.py``). With several annotators it
+  picks at random among the few lowest, so two people do not collide on one task.
+- a Data Manager view "TSP priority" (unlabeled tasks ordered by ``tasks:predictions_score``):
+  the fallback, used with "Label Tasks As Displayed", on servers that ignore the sampling.
+- a check with ``GET /api/projects/{id}/next``: the served task must be the lowest-scored.
+  Side effect, as when a person opens the task: Label Studio locks the served task for the
+  token's user for ``TASK_LOCK_TTL`` (server default 86400 s) and, with overlap 1, no one else is
+  served it meanwhile; open source 1.23 has no API to release a lock. While that lock lasts, later
+  checks get the same task back ("Task lock") and are reported as inconclusive. ``--no-verify``
+  skips the check (the queue order is set either way).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tsp_cli.client import LSProject, SyncError, call, get_json
+from tsp_cli.score import list_predictions
+from tsp_cli.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VIEW_TITLE", "reorder", "upsert_view", "verify_next"]
+
+VIEW_TITLE = "TSP priority"
+SAMPLING = "Uncertainty sampling"
+
+
+def _view_payload() -> dict[str, Any]:
+    return {
+        "title": VIEW_TITLE,
+        "ordering": ["tasks:predictions_score"],
+        "filters": {
+            "conjunction": "and",
+            "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+        },
+    }
+
+
+def upsert_view(client: Any, project_id: int) -> int:
+    """Create or update the "TSP priority" view; returns its id."""
+    views = call(client, f"listing the views of project {project_id}", client.views.list, project=project_id)
+    data = _view_payload()
+    for v in views:
+        vdata = v.data if isinstance(v.data, dict) else (v.data.model_dump() if v.data is not None else {})
+        if vdata.get("title") == VIEW_TITLE:
+            call(client, f"updating view {v.id}", client.views.update, id=str(v.id), data=data, project=project_id)
+            return int(v.id)
+    view = call(client, "creating the TSP priority view", client.views.create, data=data, project=project_id)
+    return int(view.id)
+
+
+def verify_next(client: Any, project_id: int, scores: dict[int, float]) -> dict[str, Any]:
+    """Ask ``/next`` and compare with the lowest score among the given tasks.
+
+    Returns ``{"next_task", "next_S", "lowest_task", "lowest_S", "honored", "queue"}``;
+    ``honored`` is None when the answer is inconclusive (a task lock held by this user).
+    """
+    # 404: nothing left to serve this user (all labeled, or skipped by them)
+    answer = get_json(client, f"api/projects/{project_id}/next", f"asking project {project_id} for its next task",
+                      none_on=(404,))
+    next_id = int(answer["id"]) if isinstance(answer, dict) and answer.get("id") is not None else None
+    queue = str(answer.get("queue", "")) if isinstance(answer, dict) else ""
+    lowest_task, lowest = (min(scores.items(), key=lambda kv: (kv[1], kv[0])) if scores else (None, None))
+    next_s = scores.get(next_id) if next_id is not None else None
+    if next_id is None or "lock" in queue.lower():
+        honored = None  # the user's earlier lock is served first; says nothing about the order
+    else:
+        honored = next_s is not None and lowest is not None and abs(next_s - lowest) <= 1e-9
+    return {"next_task": next_id, "next_S": next_s, "lowest_task": lowest_task, "lowest_S": lowest,
+            "honored": honored, "queue": queue}
+
+
+def reorder(
+    client: Any,
+    project: LSProject,
+    workdir: Workdir,
+    *,
+    model_version: str | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Point the project's queue at ``model_version`` (default: the last ``score``'s)."""
+    state = workdir.read_state()
+    version = model_version or (state.get("last_score") or {}).get("model_version")
+    if not version:
+        raise SyncError(f"{workdir.root}: nothing scored yet; run tsp-sync score first")
+    preds = [p for p in list_predictions(client, project.id) if p["model_version"] == version]
+    if not preds:
+        raise SyncError(
+            f"project {project.id} holds no prediction of model_version {version}; run tsp-sync score first"
+        )
+    call(client, f"updating project {project.id}", client.projects.update,
+         id=project.id, model_version=version, sampling=SAMPLING)
+    view_id = upsert_view(client, project.id)
+
+    # the unfinished tasks: the latest pull's pool (tasks labeled since are not served anyway)
+    snap = workdir.latest_snapshot(required=False)
+    pool = {t["task_id"] for t in snap.pool()} if snap is not None else None
+    scores = {p["task"]: p["score"] for p in preds
+              if p["score"] is not None and (pool is None or p["task"] in pool)}
+    summary: dict[str, Any] = {"model_version": version, "sampling": SAMPLING, "view_id": view_id,
+                               "predictions": len(preds)}
+    if verify:
+        check = verify_next(client, project.id, scores)
+        summary["verify"] = check
+        if check["honored"] is False:
+            log.warning(
+                "Label Studio served task %s (S=%s) but task %s has the lowest S=%s: this server does not "
+                "honor Uncertainty sampling; label from the Data Manager view %r with 'Label Tasks As Displayed'",
+                check["next_task"], check["next_S"], check["lowest_task"], check["lowest_S"], VIEW_TITLE,
+            )
+        elif check["honored"] is None and check["next_task"] is not None:
+            log.warning("task %s is locked for this token's user by an earlier /next; the check is inconclusive "
+                        "until the lock expires", check["next_task"])
+    top = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[:10]
+    summary["top"] = [{"task": t, "S": s} for t, s in top]
+    workdir.update_state("last_reorder", summary)
+    return summary

@@ -1,0 +1,78 @@
+"""``tsp-sync status``: what the work directory knows, without touching Label Studio."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from tsp_cli.settings import ProjectSettings
+from tsp_cli.workdir import Workdir
+
+__all__ = ["status", "format_status"]
+
+
+def status(settings: ProjectSettings, workdir: Workdir) -> dict[str, Any]:
+    """Counts of the latest snapshot, checkpoints in ``model_dir``, last step results."""
+    snap = workdir.latest_snapshot(required=False)
+    models = []
+    if settings.model_dir.is_dir():
+        files = [p for p in settings.model_dir.glob("*.pt") if p.is_file() and not p.name.startswith(".")]
+        for p in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True):
+            when = _dt.datetime.fromtimestamp(p.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+            models.append({"file": p.name, "modified": when})
+    state = workdir.read_state()
+    return {
+        "project": settings.name,
+        "workdir": str(workdir.root),
+        "snapshot": snap.number if snap else None,
+        "counts": snap.manifest.get("counts", {}) if snap else {},
+        "models": models,
+        "last_retrain": state.get("last_retrain"),
+        "last_score": state.get("last_score"),
+        "last_reorder": state.get("last_reorder"),
+        "last_cycle": state.get("last_cycle"),
+    }
+
+
+def format_status(info: dict[str, Any], top_n: int = 10) -> str:
+    lines = [f"project {info['project']}  (workdir {info['workdir']})"]
+    if info["snapshot"] is None:
+        lines.append("snapshot: none yet (run tsp-sync pull)")
+    else:
+        c = info["counts"]
+        lines.append(
+            f"snapshot {info['snapshot']}: {c.get('tasks', 0)} tasks, {c.get('labeled', 0)} labeled "
+            f"({c.get('instances', 0)} instances, {c.get('empty', 0)} no-lesion), {c.get('pool', 0)} unlabeled, "
+            f"{c.get('skipped', 0)} skipped"
+        )
+    if info["models"]:
+        lines.append("models (newest first):")
+        lines += [f"  {m['file']}  {m['modified']}" for m in info["models"][:5]]
+    else:
+        lines.append("models: none yet (run tsp-sync retrain)")
+    rt = info.get("last_retrain")
+    if rt:
+        m = rt.get("metrics") or {}
+        ap = f", mask AP50 {m['segm_ap50']:.3f} on {rt.get('holdout', 0)} held-out" if "segm_ap50" in m else ""
+        lines.append(f"last retrain: {rt['model_version']} on snapshot {rt['snapshot']}, {rt['labeled']} labeled + "
+                     f"{rt['pseudo_images']} pseudo-labeled images ({rt['pseudo_instances']} instances){ap}, "
+                     f"{rt['seconds']} s")
+    ro = info.get("last_reorder")
+    if ro:
+        v = ro.get("verify") or {}
+        if not v:
+            check = "/next not checked"
+        elif v.get("next_task") is None:
+            check = "/next served no task to this user"
+        elif v.get("honored") is None:
+            check = f"/next inconclusive (task {v.get('next_task')} locked for this user earlier)"
+        elif v["honored"]:
+            check = f"/next serves task {v['next_task']}, the lowest S"
+        else:
+            check = "/next ignores the order: label from the 'TSP priority' view"
+        lines.append(f"queue: model_version {ro['model_version']}, {ro['sampling']}, view {ro['view_id']}; {check}")
+    top = (ro or info.get("last_score") or {}).get("top") or []
+    if top:
+        lines.append("top of the queue (lowest S_i first):")
+        lines += [f"  task {e['task']:>6}  S = {e['S']:.4f}" for e in top[:top_n]]
+    return "\n".join(lines)
