@@ -128,7 +128,7 @@ def _port_free(port: int) -> bool:
 
 
 def _login(root: Path) -> tuple[str, str]:
-    """The demo account: a random password made once and kept in ``<root>/label-studio/login``."""
+    """The demo account: a random password made once and kept in ``<root>/label-studio/login.json``."""
     path = root / "label-studio" / "login.json"
     if path.is_file():
         data = json.loads(path.read_text())

@@ -58,9 +58,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from tsp_model.data.image_io import ImageError
     from tsp_model.engine.checkpoint import CheckpointError
     from tsp_model.engine.train import NonFiniteLossError
+    from tsp_model.model import WeightsNotFoundError
     from tsp_model.records import RecordError
 
-    return (SyncError, ConfigError, CheckpointError, ImageError, LabelConfigError, RecordError, NonFiniteLossError)
+    return (SyncError, ConfigError, CheckpointError, ImageError, LabelConfigError, RecordError, NonFiniteLossError,
+            WeightsNotFoundError)
 
 
 def _one_line(exc: BaseException) -> str:

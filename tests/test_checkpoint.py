@@ -92,3 +92,27 @@ def test_latest_checkpoint_by_mtime(tmp_path):
     (tmp_path / ".a_new.pt.x.tmp").write_bytes(b"")
     (tmp_path / "run.pt.partial").write_bytes(b"")
     assert latest_checkpoint(tmp_path) == new
+
+
+def test_load_model_does_not_need_the_pretrained_file(tmp_path):
+    """A checkpoint trained from local pretrained weights loads where that file is gone."""
+    import torch
+
+    from tsp_model.config import ModelConfig, TSPConfig
+    from tsp_model.engine.checkpoint import load_model, save_checkpoint
+    from tsp_model.model import build_model
+
+    init = tmp_path / "init.pt"
+    cfg = ModelConfig(backbone="tiny_fpn", min_size=64, max_size=64)
+    torch.save(build_model(cfg, 2).state_dict(), init)
+    cfg.weights = str(init)
+    model = build_model(cfg, 2)
+    save_checkpoint(tmp_path / "m.pt", {
+        "format": "tsp-checkpoint/1", "model": model.state_dict(), "config": TSPConfig(model=cfg).to_dict(),
+        "class_names": ["lesion"], "epoch": 1, "model_version": "v1",
+    })
+    init.unlink()
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config.model.weights == str(init)  # the record of how it was trained is kept
+    for a, b in zip(model.state_dict().values(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b)

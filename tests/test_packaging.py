@@ -47,3 +47,12 @@ def test_compose_file_wires_backend_and_cli_to_one_image():
     # secrets come from the environment, never from the file
     for name in ("tsp-backend", "tsp-sync"):
         assert services[name]["environment"]["LABEL_STUDIO_API_KEY"].startswith("${LABEL_STUDIO_API_KEY")
+
+
+def test_compose_mounts_one_work_folder_at_the_same_path_everywhere():
+    """Paths written by one container (slices, checkpoints) must name the same file in the others."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("label-studio", "tsp-backend", "tsp-sync"):
+        assert "./work:/work" in services[name]["volumes"], name
+    assert services["label-studio"]["environment"]["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == "/work"
+    assert services["tsp-backend"]["environment"]["TSP_MODEL_DIR"] == "/work/models"

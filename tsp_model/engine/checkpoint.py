@@ -12,6 +12,8 @@ file or the new one, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as _dt
 import hashlib
 import os
@@ -134,7 +136,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     except ConfigError as exc:
         raise CheckpointError(f"{path}: stored config is invalid ({exc}); re-train with this version") from None
     class_names = list(state["class_names"])
-    model = build_model(config.model, len(class_names) + 1)
+    # The checkpoint holds every weight: rebuild without the pretrained initialization, which
+    # may not exist on this machine (a backend container, a laptop).
+    arch = dataclasses.replace(config.model, weights=None, weights_backbone=None)
+    model = build_model(arch, len(class_names) + 1)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
