@@ -265,6 +265,19 @@ def connect_backend(client: Any, project_id: int, address: str) -> bool:
     return True
 
 
+def _stop_on_sigterm() -> Any:
+    """Treat SIGTERM like Ctrl-C, so ``kill`` of a background demo stops what it started."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, _raise)
+
+
 def _alive(server: Any) -> bool:
     proc = getattr(server, "proc", None) or getattr(server, "_proc", None)
     return proc is None or proc.poll() is None
@@ -293,6 +306,7 @@ def run_demo(opts: DemoOptions, *, echo: Callable[[str], None] = print, label_st
     root.mkdir(parents=True, exist_ok=True)
     steps = 7
     started: list[Any] = []
+    previous_term = _stop_on_sigterm()
     try:
         echo(f"[1/{steps}] head-CT slices: {opts.count} at {opts.size} px (seed {opts.seed})")
         data_dir = root / "data"
@@ -386,3 +400,5 @@ def run_demo(opts: DemoOptions, *, echo: Callable[[str], None] = print, label_st
     finally:
         for proc in reversed(started):
             proc.stop()
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
