@@ -41,14 +41,16 @@ POOL = [
 
 
 def test_registry_names():
-    assert available_strategies() == ["class_entropy", "random", "tsp", "tsp_instance"]
+    assert available_strategies() == [
+        "class_entropy", "core_set", "learning_loss", "mc_dropout", "random", "tsp", "tsp_instance",
+    ]
     for name in available_strategies():
         s = get_strategy(name)
         assert isinstance(s, SelectionStrategy) and s.name == name
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(ValueError, match=r"'tps'.*class_entropy, random, tsp, tsp_instance"):
+    with pytest.raises(ValueError, match=r"'tps'.*class_entropy, core_set, learning_loss, mc_dropout, random, tsp, tsp_instance"):
         get_strategy("tps")
 
 

@@ -73,6 +73,19 @@ class ModelConfig:
     anchor_sizes: list[int] | None = None
     box_score_thresh: float = 0.05
     box_detections_per_img: int = 100
+    # Dropout probability between the box head's two FC layers and after each mask-head conv
+    # (tsp_model/dropout_heads.py). 0 (default) builds torchvision's heads unchanged. The
+    # mc_dropout strategy needs it > 0 (Gal & Ghahramani 2016 train with the dropout they sample;
+    # e.g. 0.1 to 0.5).
+    dropout: float = 0.0
+    # Loss-prediction module of Yoo & Kweon (CVPR 2019) on the FPN features, trained with the
+    # margin ranking loss as ``loss_learning_loss`` (tsp_model/learning_loss.py); needed by the
+    # learning_loss strategy. Off: the model is unchanged.
+    learning_loss: bool = False
+    learning_loss_weight: float = 1.0  # lambda of the paper's L_target + lambda * L_loss
+    learning_loss_margin: float = 1.0  # xi of the ranking loss
+    # Stop the module's gradient into the backbone (the paper does so after epoch 120 of 200).
+    learning_loss_detach: bool = False
 
 
 @dataclass
@@ -123,6 +136,9 @@ class ActiveConfig:
     # S_i of an image with no detection. 1.0 = "certain": most head-CT slices hold no lesion,
     # and ranking every empty slice first would flood the queue with them.
     empty_image_score: float = 1.0
+    # T, stochastic forward passes of the dropout heads for the mc_dropout strategy (batched:
+    # one backbone/RPN pass, the heads run on T stacked copies of the RoI features).
+    mc_passes: int = 10
 
 
 @dataclass
@@ -150,7 +166,23 @@ class TSPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TSPConfig:
-        return _build(cls, data, prefix="")
+        cfg = _build(cls, data, prefix="")
+        _validate_across(cfg)
+        return cfg
+
+
+def _validate_across(cfg: TSPConfig) -> None:
+    """Checks that span sections: a strategy's needs from the model."""
+    if cfg.active.strategy == "mc_dropout" and cfg.model.dropout <= 0:
+        raise ConfigError(
+            "model.dropout: active.strategy = 'mc_dropout' needs dropout in the heads; set "
+            "model.dropout > 0 (e.g. 0.25) and retrain, or pick another strategy"
+        )
+    if cfg.active.strategy == "learning_loss" and not cfg.model.learning_loss:
+        raise ConfigError(
+            "model.learning_loss: active.strategy = 'learning_loss' needs the loss-prediction "
+            "module; set model.learning_loss = true and retrain, or pick another strategy"
+        )
 
 
 def _check_value(key: str, tp: Any, value: Any) -> Any:
@@ -227,6 +259,9 @@ def _validate(obj: Any, prefix: str) -> None:
         need(obj.semi_loss_weight >= 0, "semi_loss_weight", "must be >= 0")
         need(obj.min_size > 0 and obj.max_size >= obj.min_size, "max_size", "must be >= min_size > 0")
         need(0 <= obj.trainable_backbone_layers <= 5, "trainable_backbone_layers", "must be 0..5")
+        need(0.0 <= obj.dropout < 1.0, "dropout", "must be in [0, 1)")
+        need(obj.learning_loss_weight >= 0, "learning_loss_weight", "must be >= 0")
+        need(obj.learning_loss_margin >= 0, "learning_loss_margin", "must be >= 0")
     elif isinstance(obj, TrainConfig):
         need(obj.epochs >= 1, "epochs", "must be >= 1")
         need(obj.lr > 0, "lr", "must be > 0")
@@ -248,6 +283,7 @@ def _validate(obj: Any, prefix: str) -> None:
         need(obj.cycles >= 1, "cycles", "must be >= 1")
         for name in ("sigma_c", "sigma_b", "sigma_m", "empty_image_score"):
             need(0.0 <= getattr(obj, name) <= 1.0, name, "must be in [0, 1]")
+        need(obj.mc_passes >= 2, "mc_passes", "must be >= 2 (MC dropout compares passes)")
     elif isinstance(obj, ScoreConfig):
         need(obj.batch_size >= 1, "batch_size", "must be >= 1")
 

@@ -25,7 +25,7 @@ from tsp_model.engine.checkpoint import load_checkpoint, load_model
 from tsp_model.engine.predict import PoolDataset, score_pool
 from tsp_model.engine.train import train
 from tsp_model.records import read_jsonl
-from tsp_model.strategies import get_strategy
+from tsp_model.strategies import get_strategy, scoring_options
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def run_cycle(
     if overlap:
         raise ValueError(f"image ids {sorted(overlap)[:10]} are both labeled and in the pool")
     class_names = list(dataset.class_names)
+    strategy = get_strategy(a.strategy)  # an unknown name fails before any work
     seed = config.train.seed + cycle_index
     pseudo = None
     scores_path = None
@@ -103,9 +104,19 @@ def run_cycle(
             out_path=out_dir / "scores" / f"cycle{cycle_index}.jsonl",
             model_version=loaded.model_version, dist=dist, progress=progress,
         )
+        labeled_records = []
+        if scoring_options(strategy)["score_labeled"] and labeled_ids:
+            # core_set: the labeled set's embeddings are the initial centers (no MC passes).
+            labeled_path = score_pool(
+                loaded.model, PoolDataset(_pool_items(dataset, labeled_ids)), class_names=class_names,
+                config=config, out_path=out_dir / "scores" / f"cycle{cycle_index}.labeled.jsonl",
+                model_version=loaded.model_version, dist=dist, progress=progress,
+                embeddings=True, mc_passes=0,
+            )
+            labeled_records = read_jsonl(labeled_path)
         del loaded
         records = read_jsonl(scores_path)
-        selected = get_strategy(a.strategy).select(records, a.budget, seed=seed)
+        selected = strategy.select(records, a.budget, seed=seed, labeled=labeled_records)
         if a.pseudo_labels:
             from tsp_model.data.pseudo import PseudoLabelDataset
 

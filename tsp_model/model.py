@@ -28,7 +28,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .config import ModelConfig
+from .dropout_heads import DropoutMaskRCNNHeads, DropoutTwoMLPHead
 from .heads import BoxIoUHead, MaskIoUHead
+from .learning_loss import LossPredictionModule
 from .roi_heads import TSPRoIHeads
 from .rpn import TSPRegionProposalNetwork
 
@@ -49,6 +51,9 @@ class TSPMaskRCNN(MaskRCNN):
         semi_loss_weight: beta of eq. 5 (weight of the pseudo-label loss L_semi).
         mask_threshold: binarization threshold of predicted masks for the mask-IoU target.
         box_iou_head, mask_iou_head: optional custom heads; defaults follow the paper.
+        loss_prediction_module: optional :class:`~tsp_model.learning_loss.LossPredictionModule`
+            (learning loss, Yoo & Kweon 2019): adds ``loss_learning_loss`` in training and
+            ``predicted_loss`` to each output at inference. None (default): no change at all.
         **kwargs: any ``MaskRCNN`` keyword argument.
 
     Training: ``model(images, targets)`` returns torchvision's five losses plus
@@ -68,6 +73,7 @@ class TSPMaskRCNN(MaskRCNN):
         mask_threshold: float = 0.3,
         box_iou_head: BoxIoUHead | None = None,
         mask_iou_head: MaskIoUHead | None = None,
+        loss_prediction_module: nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, num_classes, **kwargs)
@@ -108,6 +114,15 @@ class TSPMaskRCNN(MaskRCNN):
             semi_loss_weight=semi_loss_weight,
             mask_threshold=mask_threshold,
         )
+        self.loss_prediction_module = loss_prediction_module
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None) -> Any:
+        """As ``MaskRCNN.forward``; with a loss-prediction module, see ``tsp_model.learning_loss``."""
+        if self.loss_prediction_module is None:
+            return super().forward(images, targets)
+        from .learning_loss import forward_with_loss_prediction
+
+        return forward_with_loss_prediction(self, images, targets)
 
     @property
     def iou_loss_weight(self) -> float:
@@ -281,9 +296,15 @@ def maskrcnn_kwargs(cfg: ModelConfig, backbone: nn.Module, levels: list[str], nu
         # Small heads and fewer proposals: a model for CPU tests and laptop demos.
         kwargs.update(
             num_classes=None,
-            box_head=TwoMLPHead(channels * 7 * 7, 256),
+            box_head=(
+                DropoutTwoMLPHead(channels * 7 * 7, 256, p=cfg.dropout)
+                if cfg.dropout > 0 else TwoMLPHead(channels * 7 * 7, 256)
+            ),
             box_predictor=FastRCNNPredictor(256, num_classes),
-            mask_head=MaskRCNNHeads(channels, [64, 64], 1),
+            mask_head=(
+                DropoutMaskRCNNHeads(channels, [64, 64], 1, p=cfg.dropout)
+                if cfg.dropout > 0 else MaskRCNNHeads(channels, [64, 64], 1)
+            ),
             mask_predictor=MaskRCNNPredictor(64, 64, num_classes),
             rpn_pre_nms_top_n_train=600,
             rpn_post_nms_top_n_train=300,
@@ -291,6 +312,10 @@ def maskrcnn_kwargs(cfg: ModelConfig, backbone: nn.Module, levels: list[str], nu
             rpn_post_nms_top_n_test=150,
             box_batch_size_per_image=128,
         )
+    elif cfg.dropout > 0:
+        # torchvision's default heads with dropout (MC dropout strategy, model.dropout).
+        kwargs["box_head"] = DropoutTwoMLPHead(channels * 7 * 7, 1024, p=cfg.dropout)
+        kwargs["mask_head"] = DropoutMaskRCNNHeads(channels, [256, 256, 256, 256], 1, p=cfg.dropout)
     # Otherwise torchvision's default heads, as in maskrcnn_resnet50_fpn: the TSP IoU heads are
     # then the only difference between TSPMaskRCNN and a plain Mask R-CNN built from this config.
     return kwargs
@@ -315,6 +340,13 @@ def build_model(cfg: ModelConfig, num_classes: int) -> TSPMaskRCNN:
         mask_threshold=cfg.mask_threshold,
         **kwargs,
     )
+    if cfg.learning_loss:
+        # Built last, so the rest of the model draws the same initial weights as without it.
+        n_maps = len(levels) + 1 if cfg.backbone != "mobilenet_v3_fpn" else 3
+        model.loss_prediction_module = LossPredictionModule(
+            channels, n_maps, weight=cfg.learning_loss_weight, margin=cfg.learning_loss_margin,
+            detach_features=cfg.learning_loss_detach,
+        )
     _load_full_weights(model, cfg)
     return model
 

@@ -11,6 +11,15 @@ A small registry by name, in the manner of detectron2's registries::
 
 A strategy ranks the whole scored pool (most informative first) and ``select`` takes the first
 ``budget``. Ties keep the pool's order, so every ranking is deterministic.
+
+What a strategy reads beyond the triplet scores is declared in ``needs`` and produced by the
+pool scoring (:func:`scoring_options`, used by ``score_pool``): ``"embedding"`` (pooled FPN
+features in ``extras``), ``"labeled_embedding"`` (the labeled set scored too, passed as
+``select(..., labeled=records)``), ``"mc_dropout"`` (T dropout passes, ``active.mc_passes``),
+``"predicted_loss"`` (a model trained with ``model.learning_loss``).
+
+The paper's Figure 2 baselines: ``random``, ``class_entropy``, ``mc_dropout``, ``core_set``,
+``learning_loss``; TSP itself: ``tsp`` and ``tsp_instance``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ __all__ = [
     "TSPInstanceStrategy",
     "ClassEntropyStrategy",
     "RandomStrategy",
+    "MCDropoutStrategy",
+    "CoreSetStrategy",
+    "LearningLossStrategy",
+    "scoring_options",
+    "priority_scores",
 ]
 
 _REGISTRY: dict[str, type[SelectionStrategy]] = {}
@@ -43,15 +57,26 @@ class SelectionStrategy:
     """Ranks a scored pool; ``select`` returns the ``budget`` most informative image ids."""
 
     name: ClassVar[str] = ""
+    # What the pool scoring must add to each record for this strategy (see the module docstring).
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
         """Indices into ``pool``, most informative first (a permutation of range(len(pool)))."""
         raise NotImplementedError
 
-    def select(self, pool: Sequence[ImageScore], budget: int, *, seed: int = 0) -> list[int | str]:
+    def select(
+        self,
+        pool: Sequence[ImageScore],
+        budget: int,
+        *,
+        seed: int = 0,
+        labeled: Sequence[ImageScore] = (),
+    ) -> list[int | str]:
         """The ``image_id`` of the first ``budget`` images of :meth:`rank`.
 
         ``budget >= len(pool)`` returns every image (in rank order); ``budget <= 0`` returns [].
+        ``labeled``: score records of the labeled set, for strategies that need them
+        (``core_set``); the others ignore it.
         """
         _check_unique_ids(pool)
         if budget <= 0 or not pool:
@@ -169,3 +194,131 @@ class RandomStrategy(SelectionStrategy):
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
         return [int(i) for i in np.random.default_rng(seed).permutation(len(pool))]
+
+
+def _extra(rec: ImageScore, key: str, hint: str) -> float:
+    if key not in rec.extras:
+        raise ValueError(f"image {rec.image_id!r}: no extras[{key!r}] in its score record; {hint}")
+    try:
+        value = float(rec.extras[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"image {rec.image_id!r}: extras[{key!r}] is {rec.extras[key]!r}, not a number") from None
+    return _finite(value, rec, f"extras[{key!r}]")
+
+
+@register_strategy("mc_dropout")
+class MCDropoutStrategy(SelectionStrategy):
+    """MC dropout baseline (Gal et al. 2017): the highest ``extras["mc_uncertainty"]`` first.
+
+    ``mc_uncertainty`` is the mean over the image's detections of the mutual information of the
+    T dropout passes' class distributions plus the mean pixel variance of their masks
+    (:mod:`tsp_model.mc_dropout`); 0 for an image without detections. Needs a model built with
+    ``model.dropout > 0``; ``active.mc_passes`` sets T (default 10).
+    """
+
+    needs = frozenset({"mc_dropout"})
+
+    def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
+        hint = "score the pool with MC dropout (model.dropout > 0, active.strategy = 'mc_dropout')"
+        return _ascending(pool, lambda r: -_extra(r, "mc_uncertainty", hint))
+
+
+@register_strategy("learning_loss")
+class LearningLossStrategy(SelectionStrategy):
+    """Learning-loss baseline (Yoo & Kweon, CVPR 2019): the highest predicted loss first.
+
+    ``extras["predicted_loss"]`` comes from the loss-prediction module
+    (:mod:`tsp_model.learning_loss`) of a model trained with ``model.learning_loss = true``.
+    """
+
+    needs = frozenset({"predicted_loss"})
+
+    def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
+        hint = "the model needs model.learning_loss = true (retrain with it)"
+        return _ascending(pool, lambda r: -_extra(r, "predicted_loss", hint))
+
+
+@register_strategy("core_set")
+class CoreSetStrategy(SelectionStrategy):
+    """Core-set baseline (Sener & Savarese, ICLR 2018): k-center greedy over image embeddings.
+
+    Embeddings are the trained model's pooled FPN features (:mod:`tsp_model.embeddings`,
+    ``extras["embedding"]``). The labeled set's embeddings are the initial centers; each pick is
+    the pool image farthest from every center so far (:func:`tsp_model.coreset.k_center_greedy`,
+    memory O(N), no N x N matrix). Without labeled records the first pick is the image farthest
+    from the pool's mean. ``rank`` orders the whole pool greedily (O(N^2 D) time: use ``select``,
+    which stops after ``budget`` picks, on large pools).
+    """
+
+    needs = frozenset({"embedding", "labeled_embedding"})
+
+    def rank(
+        self, pool: Sequence[ImageScore], *, seed: int = 0, labeled: Sequence[ImageScore] = ()
+    ) -> list[int]:
+        return self._greedy(pool, len(pool), labeled)
+
+    def select(
+        self,
+        pool: Sequence[ImageScore],
+        budget: int,
+        *,
+        seed: int = 0,
+        labeled: Sequence[ImageScore] = (),
+    ) -> list[int | str]:
+        _check_unique_ids(pool)
+        if budget <= 0 or not pool:
+            return []
+        return [pool[i].image_id for i in self._greedy(pool, budget, labeled)]
+
+    @staticmethod
+    def _greedy(pool: Sequence[ImageScore], budget: int, labeled: Sequence[ImageScore]) -> list[int]:
+        from tsp_model.coreset import k_center_greedy
+        from tsp_model.embeddings import embedding_matrix
+
+        x = embedding_matrix(pool, what="pool")
+        lab = embedding_matrix(labeled, what="labeled") if labeled else None
+        if lab is not None and lab.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"labeled embeddings have {lab.shape[1]} values, the pool's {x.shape[1]}: score both with the same model"
+            )
+        return k_center_greedy(x, lab, budget)
+
+
+def scoring_options(strategy: str | SelectionStrategy, mc_passes: int = 10) -> dict[str, object]:
+    """Keyword arguments for ``predict_images`` / ``score_pool`` that ``strategy`` needs.
+
+    Returns ``{"embeddings": bool, "mc_passes": int (0 = off), "score_labeled": bool}``.
+    """
+    strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    needs = strat.needs
+    return {
+        "embeddings": "embedding" in needs,
+        "mc_passes": int(mc_passes) if "mc_dropout" in needs else 0,
+        "score_labeled": "labeled_embedding" in needs,
+    }
+
+
+def priority_scores(
+    pool: Sequence[ImageScore],
+    strategy: str | SelectionStrategy,
+    *,
+    seed: int = 0,
+    labeled: Sequence[ImageScore] = (),
+    budget: int | None = None,
+) -> dict[int | str, float]:
+    """A queue score per image for tools that serve the lowest score first (Label Studio's
+    uncertainty sampling): rank position / N in [0, 1), the strategy's first pick 0.
+
+    ``budget`` (core_set on large pools): only the first ``budget`` picks are ordered; the rest
+    share the score 1.0.
+    """
+    strat = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    n = len(pool)
+    if budget is None or budget >= n:
+        ids = strat.select(pool, n, seed=seed, labeled=labeled)
+    else:
+        ids = strat.select(pool, budget, seed=seed, labeled=labeled)
+    out = {image_id: k / max(n, 1) for k, image_id in enumerate(ids)}
+    for rec in pool:
+        out.setdefault(rec.image_id, 1.0)
+    return out

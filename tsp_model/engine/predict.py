@@ -4,6 +4,12 @@
 records (plus binary masks for callers that need pixels, such as the Label Studio backend).
 :func:`score_pool` runs it over the unlabeled pool in batches, sharded across torchrun ranks,
 and writes one JSON line per image atomically (Algorithm 1, lines 7-8).
+
+Strategy data in ``ImageScore.extras`` (asked for by the strategy's ``needs``, see
+:func:`tsp_model.strategies.scoring_options`): ``embedding`` (pooled FPN features, base64
+float16, :mod:`tsp_model.embeddings`), ``mc_uncertainty`` and friends (T batched dropout
+passes of the heads, :mod:`tsp_model.mc_dropout`), ``predicted_loss`` (whenever the model has a
+loss-prediction module).
 """
 
 from __future__ import annotations
@@ -73,6 +79,9 @@ def output_to_record(
                 mask=encode_mask(masks[i]) if store_masks else None,
             )
         )
+    extras = {}
+    if "predicted_loss" in output:
+        extras["predicted_loss"] = float(output["predicted_loss"].detach().double().cpu())
     record = ImageScore(
         image_id=image_id,
         file_name=file_name,
@@ -81,8 +90,55 @@ def output_to_record(
         S=S,
         instances=instances,
         model_version=model_version,
+        extras=extras,
     )
     return record, masks
+
+
+def forward_with_extras(
+    model: torch.nn.Module, images: list[torch.Tensor], *, embeddings: bool = False, mc_passes: int = 0
+) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
+    """``model(images)`` in eval mode, plus per-image extras from the same backbone pass.
+
+    The detections are those of ``GeneralizedRCNN.forward`` (same calls, dropout off); with
+    ``embeddings`` each extras dict gets ``embedding`` (base64 float16), with ``mc_passes`` = T
+    >= 2 the MC-dropout statistics of the detections (T batched head passes).
+    """
+    from collections import OrderedDict
+
+    from tsp_model.embeddings import encode_embedding, pooled_embeddings
+    from tsp_model.mc_dropout import mc_head_passes, mc_image_stats
+
+    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    image_list, _ = model.transform(images)
+    features = model.backbone(image_list.tensors)
+    if isinstance(features, torch.Tensor):
+        features = OrderedDict([("0", features)])
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    extras: list[dict] = [{} for _ in images]
+    module = getattr(model, "loss_prediction_module", None)
+    if module is not None:
+        for det, value in zip(detections, module(features)):
+            det["predicted_loss"] = value.float()
+    if embeddings:
+        padded = tuple(image_list.tensors.shape[-2:])
+        for ex, vec in zip(extras, pooled_embeddings(features, image_list.image_sizes, padded).cpu()):
+            ex["embedding"] = encode_embedding(vec)
+    if mc_passes:
+        if mc_passes < 2:
+            raise ValueError(f"active.mc_passes: MC dropout needs >= 2 passes, got {mc_passes}")
+        probs, masks = mc_head_passes(
+            model.roi_heads, features, [d["boxes"] for d in detections], [d["labels"] for d in detections],
+            image_list.image_sizes, mc_passes,
+        )
+        start = 0
+        for ex, det in zip(extras, detections):
+            n = int(det["boxes"].shape[0])
+            ex.update(mc_image_stats(probs[:, start : start + n], masks[:, start : start + n], mc_passes))
+            start += n
+    detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+    return detections, extras
 
 
 @torch.inference_mode()
@@ -97,8 +153,13 @@ def predict_images(
     file_names: Sequence[str] | None = None,
     amp: bool = True,
     store_masks: bool = True,
+    embeddings: bool = False,
+    mc_passes: int = 0,
 ) -> tuple[list[ImageScore], list[np.ndarray]]:
     """Run ``model`` (switched to eval mode) on ``images`` (FloatTensor[3, H, W] in 0..1).
+
+    ``embeddings`` / ``mc_passes`` (T, 0 = off) add strategy data to each record's ``extras``
+    (see :func:`forward_with_extras`); off, the model is simply called.
 
     Returns:
         ``(records, masks)``: one :class:`ImageScore` per image (ids default to the list index,
@@ -106,8 +167,14 @@ def predict_images(
     """
     model.eval()
     device = next(model.parameters()).device
+    extras: list[dict] = [{} for _ in images]
     with autocast(device, amp):
-        outputs = model([im.to(device) for im in images])
+        if embeddings or mc_passes:
+            outputs, extras = forward_with_extras(
+                model, [im.to(device) for im in images], embeddings=embeddings, mc_passes=mc_passes
+            )
+        else:
+            outputs = model([im.to(device) for im in images])
     records, all_masks = [], []
     for i, (im, out) in enumerate(zip(images, outputs)):
         rec, masks = output_to_record(
@@ -121,6 +188,7 @@ def predict_images(
             model_version=model_version,
             store_masks=store_masks,
         )
+        rec.extras.update(extras[i])
         records.append(rec)
         all_masks.append(masks)
     return records, all_masks
@@ -185,8 +253,13 @@ def score_pool(
     model_version: str,
     dist: du.DistInfo | None = None,
     progress: bool = True,
+    embeddings: bool | None = None,
+    mc_passes: int | None = None,
 ) -> Path:
     """Score every pool image and write ``out_path`` (JSON lines, one :class:`ImageScore` each).
+
+    ``embeddings`` / ``mc_passes``: strategy data for ``extras`` (see :func:`predict_images`);
+    None (default) = what ``config.active.strategy`` needs (``active.mc_passes`` passes).
 
     ``pool`` is a :class:`PoolDataset` or a list of ``(image_id, path[, file_name])``. Under torchrun each rank scores every world-th image and
     writes a hidden shard; rank 0 merges them in pool order into ``out_path`` (atomic) and
@@ -197,6 +270,12 @@ def score_pool(
     if not isinstance(pool, PoolDataset):
         pool = PoolDataset(pool)
     sc = config.score
+    if embeddings is None or mc_passes is None:
+        from tsp_model.strategies import scoring_options
+
+        opts = scoring_options(config.active.strategy, config.active.mc_passes)
+        embeddings = bool(opts["embeddings"]) if embeddings is None else embeddings
+        mc_passes = int(opts["mc_passes"]) if mc_passes is None else mc_passes
     indices = list(range(dist.rank, len(pool), dist.world_size))
     loader = DataLoader(
         Subset(pool, indices),
@@ -217,6 +296,7 @@ def score_pool(
             recs, _ = predict_images(
                 model, list(images), class_names, config.active.empty_image_score, model_version,
                 image_ids=list(ids), file_names=list(names), amp=sc.amp, store_masks=sc.store_masks,
+                embeddings=embeddings, mc_passes=mc_passes,
             )
             records.extend(recs)
         bar.update(len(batch) if batch else 0)
