@@ -116,3 +116,14 @@ def test_evaluate_runs_model_over_dataset():
     assert m["segm_ap50"] == pytest.approx(1.0)
     assert m["bbox_ap50"] == pytest.approx(1.0)
     assert m["num_images"] == 3
+
+
+def test_encode_masks_matches_one_at_a_time():
+    import numpy as np
+
+    from tsp_model.engine.evaluate import encode_mask, encode_masks
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 17, 23)) > 0.6
+    assert encode_masks(masks) == [encode_mask(m) for m in masks]
+    assert encode_masks(np.zeros((0, 4, 4), dtype=bool)) == []

@@ -37,6 +37,16 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     return rle
 
 
+def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Binary masks bool/uint8[N, H, W] -> N COCO RLEs in one pycocotools call (JSON-ready)."""
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
 def _summarize(gt: COCO, results: list[dict], iou_type: str, img_ids: Sequence[int]) -> COCOeval:
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints tables; we return numbers
         dt = gt.loadRes(results)

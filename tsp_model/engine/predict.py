@@ -27,7 +27,7 @@ from tqdm import tqdm
 from tsp_model.config import TSPConfig
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast
-from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_mask
+from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_masks
 from tsp_model.records import ImageScore, InstanceScore, read_jsonl, write_jsonl
 from tsp_model.scoring import class_entropy, image_score, instance_score
 
@@ -64,6 +64,7 @@ def output_to_record(
     boxes = output["boxes"].detach().float().cpu().tolist()
     labels = output["labels"].detach().cpu().tolist()
     masks = (output["masks"].detach().float().cpu()[:, 0] > MASK_THRESHOLD).numpy()
+    rles = encode_masks(masks) if store_masks else [None] * len(labels)
     instances = []
     for i, label in enumerate(labels):
         instances.append(
@@ -76,7 +77,7 @@ def output_to_record(
                 m=float(m[i]),
                 s=float(s[i]),
                 entropy=float(entropy[i]),
-                mask=encode_mask(masks[i]) if store_masks else None,
+                mask=rles[i],
             )
         )
     extras = {}
