@@ -19,6 +19,8 @@ then keeps Label Studio and the backend running until Ctrl-C, which stops everyt
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import secrets as _secrets
@@ -194,7 +196,8 @@ def annotate_first_batch(client: Any, project_id: int, ann_path: Path, batch: in
                  lambda: list(client.tasks.list(project=project_id, fields="all")))
     if any((getattr(t, "total_annotations", 0) or 0) > 0 for t in tasks):
         return 0
-    coco = COCO(str(ann_path))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its indexing steps
+        coco = COCO(str(ann_path))
     by_name = {Path(im["file_name"]).name: im for im in coco.dataset["images"]}
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(tasks), size=min(batch, len(tasks)), replace=False)

@@ -215,7 +215,7 @@ def retrain(
             train_from_files(
                 config_path=config_path, labeled=train_json, images=snap.image_dir, out=out,
                 pseudo=pseudo_path, pseudo_images=snap.image_dir if pseudo_path else None,
-                init=current, resume=True,
+                init=current, resume=True, progress=progress,
             )
         except (ValueError, FileNotFoundError) as exc:
             raise SyncError(f"training on snapshot {snap.number} failed: {exc}") from None

@@ -405,6 +405,7 @@ def train_from_files(
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
     on_epoch_end: EpochHook | None = None,
+    progress: bool = True,
 ) -> Path:
     """Load config and data from files, then :func:`train` (the torchrun entry's body)."""
     from tsp_model.config import load_config
@@ -437,6 +438,7 @@ def train_from_files(
     return train(
         config, labeled_ds, pseudo_ds, init,
         out_path=out, class_names=class_names, resume=resume, dist=dist, on_epoch_end=on_epoch_end,
+        progress=progress,
     )
 
 
