@@ -159,7 +159,8 @@ def score(obj: _Ctx, project: str) -> None:
                f"({s['already']} already current), {s['deleted']} old ones deleted")
 
 
-@cli.command(help="Make Label Studio serve the lowest S_i first (Uncertainty sampling + 'TSP priority' view).")
+@cli.command(help="Make Label Studio serve the lowest prediction score first (S_i, or the active.strategy's rank; "
+                  "Uncertainty sampling + 'TSP priority' view).")
 @project_option
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check GET /api/projects/{id}/next; Label Studio then locks the served task for the "
@@ -174,12 +175,13 @@ def reorder(obj: _Ctx, project: str, verify: bool) -> None:
     settings = obj.project_settings(project)
     client, ls_project, _ = obj.connect(settings)
     s = do_reorder(client, ls_project, Workdir(settings.workdir), verify=verify)
-    click.echo(f"project {ls_project.id}: model_version {s['model_version']}, {s['sampling']}, "
-               f"view {VIEW_TITLE!r} (id {s['view_id']})")
+    click.echo(f"project {ls_project.id}: model_version {s['model_version']}, ordered by {s['strategy']}, "
+               f"{s['sampling']}, view {VIEW_TITLE!r} (id {s['view_id']})")
     v = s.get("verify")
     if v:
         if v["honored"]:
-            click.echo(f"/next serves task {v['next_task']} (S={v['next_S']:.4f}), the lowest-scored task")
+            click.echo(f"/next serves task {v['next_task']} (score {v['next_score']:.4f}, S={v['next_S']:.4f}), "
+                       f"the lowest-scored task ({s['strategy']} order)")
         elif v["next_task"] is None:
             click.echo("/next serves no task to this user (nothing left, or all skipped by them)")
         elif v["honored"] is None:

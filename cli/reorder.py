@@ -1,4 +1,8 @@
-"""``tsp-sync reorder``: make Label Studio serve the lowest ``S_i`` first.
+"""``tsp-sync reorder``: make Label Studio serve the lowest prediction score first.
+
+The pushed score is ``S_i`` with ``active.strategy = "tsp"`` and the strategy's rank / N with
+any other (:mod:`tsp_cli.priority`; the strategy is the ``+<strategy>`` suffix of the pushed
+``model_version``), so the queue follows whichever strategy ``tsp-sync score`` used.
 
 - ``projects.update(model_version=<newest pushed>, sampling="Uncertainty sampling")``: Label
   Studio's label stream then orders tasks holding a prediction of that ``model_version`` by
@@ -6,7 +10,8 @@
   picks at random among the few lowest, so two people do not collide on one task.
 - a Data Manager view "TSP priority" (unlabeled tasks ordered by ``tasks:predictions_score``):
   the fallback, used with "Label Tasks As Displayed", on servers that ignore the sampling.
-- a check with ``GET /api/projects/{id}/next``: the served task must be the lowest-scored.
+- a check with ``GET /api/projects/{id}/next``: the served task must be the lowest-scored
+  (the strategy's first pick).
   Side effect, as when a person opens the task: Label Studio locks the served task for the
   token's user for ``TASK_LOCK_TTL`` (server default 86400 s) and, with overlap 1, no one else is
   served it meanwhile; open source 1.23 has no API to release a lock. While that lock lasts, later
@@ -17,9 +22,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from tsp_cli.client import LSProject, SyncError, call, get_json
+from tsp_cli.priority import DEFAULT_STRATEGY, scores_by_task, split_queue_version
 from tsp_cli.score import list_predictions
 from tsp_cli.workdir import Workdir
 
@@ -55,25 +62,52 @@ def upsert_view(client: Any, project_id: int) -> int:
     return int(view.id)
 
 
-def verify_next(client: Any, project_id: int, scores: dict[int, float]) -> dict[str, Any]:
-    """Ask ``/next`` and compare with the lowest score among the given tasks.
+def verify_next(
+    client: Any, project_id: int, scores: dict[int, float], image_scores: dict[int, float] | None = None
+) -> dict[str, Any]:
+    """Ask ``/next`` and compare with the lowest pushed score among the given tasks.
 
-    Returns ``{"next_task", "next_S", "lowest_task", "lowest_S", "honored", "queue"}``;
-    ``honored`` is None when the answer is inconclusive (a task lock held by this user).
+    ``scores``: task id -> pushed prediction score; ``image_scores``: task id -> ``S_i`` (default:
+    the pushed scores, which are ``S_i`` under the ``tsp`` strategy).
+
+    Returns ``{"next_task", "next_score", "next_S", "lowest_task", "lowest_score", "lowest_S",
+    "honored", "queue"}``; ``honored`` is None when the answer is inconclusive (a task lock held
+    by this user).
     """
+    image_scores = scores if image_scores is None else image_scores
     # 404: nothing left to serve this user (all labeled, or skipped by them)
     answer = get_json(client, f"api/projects/{project_id}/next", f"asking project {project_id} for its next task",
                       none_on=(404,))
     next_id = int(answer["id"]) if isinstance(answer, dict) and answer.get("id") is not None else None
     queue = str(answer.get("queue", "")) if isinstance(answer, dict) else ""
     lowest_task, lowest = (min(scores.items(), key=lambda kv: (kv[1], kv[0])) if scores else (None, None))
-    next_s = scores.get(next_id) if next_id is not None else None
+    next_score = scores.get(next_id) if next_id is not None else None
     if next_id is None or "lock" in queue.lower():
         honored = None  # the user's earlier lock is served first; says nothing about the order
     else:
-        honored = next_s is not None and lowest is not None and abs(next_s - lowest) <= 1e-9
-    return {"next_task": next_id, "next_S": next_s, "lowest_task": lowest_task, "lowest_S": lowest,
+        honored = next_score is not None and lowest is not None and abs(next_score - lowest) <= 1e-9
+    return {"next_task": next_id, "next_score": next_score, "next_S": _s_of(image_scores, next_id),
+            "lowest_task": lowest_task, "lowest_score": lowest, "lowest_S": _s_of(image_scores, lowest_task),
             "honored": honored, "queue": queue}
+
+
+def _s_of(image_scores: dict[int, float], task: int | None) -> float | None:
+    if task is None:
+        return None
+    # NaN, not None, when the score file is gone: callers format it as a number
+    return image_scores.get(task, math.nan)
+
+
+def _image_scores(workdir: Workdir, version: str, state: dict[str, Any]) -> dict[int, float]:
+    """``S_i`` per task from the pool score file behind ``version`` (``{}`` when it is gone)."""
+    last = state.get("last_score") or {}
+    if last.get("model_version") == version and last.get("scores"):
+        found = scores_by_task(last["scores"])
+        if found:
+            return found
+    base, _ = split_queue_version(version)
+    snap = workdir.latest_snapshot(required=False)
+    return scores_by_task(workdir.scores / f"{base}.s{snap.number}.jsonl") if snap is not None else {}
 
 
 def reorder(
@@ -89,6 +123,7 @@ def reorder(
     version = model_version or (state.get("last_score") or {}).get("model_version")
     if not version:
         raise SyncError(f"{workdir.root}: nothing scored yet; run tsp-sync score first")
+    strategy = split_queue_version(version)[1]
     preds = [p for p in list_predictions(client, project.id) if p["model_version"] == version]
     if not preds:
         raise SyncError(
@@ -103,21 +138,25 @@ def reorder(
     pool = {t["task_id"] for t in snap.pool()} if snap is not None else None
     scores = {p["task"]: p["score"] for p in preds
               if p["score"] is not None and (pool is None or p["task"] in pool)}
-    summary: dict[str, Any] = {"model_version": version, "sampling": SAMPLING, "view_id": view_id,
-                               "predictions": len(preds)}
+    image_scores = scores if strategy == DEFAULT_STRATEGY else _image_scores(workdir, version, state)
+    summary: dict[str, Any] = {"model_version": version, "strategy": strategy, "sampling": SAMPLING,
+                               "view_id": view_id, "predictions": len(preds)}
     if verify:
-        check = verify_next(client, project.id, scores)
+        check = verify_next(client, project.id, scores, image_scores)
         summary["verify"] = check
         if check["honored"] is False:
             log.warning(
-                "Label Studio served task %s (S=%s) but task %s has the lowest S=%s: this server does not "
-                "honor Uncertainty sampling; label from the Data Manager view %r with 'Label Tasks As Displayed'",
-                check["next_task"], check["next_S"], check["lowest_task"], check["lowest_S"], VIEW_TITLE,
+                "Label Studio served task %s (score %s) but task %s has the lowest score %s (%s order): this server "
+                "does not honor Uncertainty sampling; label from the Data Manager view %r with 'Label Tasks As "
+                "Displayed'",
+                check["next_task"], check["next_score"], check["lowest_task"], check["lowest_score"], strategy,
+                VIEW_TITLE,
             )
         elif check["honored"] is None and check["next_task"] is not None:
             log.warning("task %s is locked for this token's user by an earlier /next; the check is inconclusive "
                         "until the lock expires", check["next_task"])
     top = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[:10]
-    summary["top"] = [{"task": t, "S": s} for t, s in top]
+    # "score": what the queue is ordered by; "S": S_i (NaN when the score file is gone)
+    summary["top"] = [{"task": t, "score": sc, "S": image_scores.get(t, math.nan)} for t, sc in top]
     workdir.update_state("last_reorder", summary)
     return summary

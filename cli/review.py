@@ -98,6 +98,7 @@ def find_score_file(workdir: str | Path, model_version: str | None = None) -> Pa
     workdir = Path(workdir)
     files = _score_files(workdir)
     if model_version:
+        model_version = model_version.partition("+")[0]  # "<version>+<strategy>": tsp_cli.priority
         files = [p for p in files if p.name == f"{model_version}.jsonl" or p.name.startswith(f"{model_version}.")]
     if not files:
         what = f"for model version {model_version!r} " if model_version else ""

@@ -1,15 +1,20 @@
 """``tsp-sync score``: score the unlabeled pool with the newest model, push one prediction per task.
 
 Each prediction is built by ``tsp_backend.regions.prediction_for_task`` (regions with ``s`` as
-score and ``c``, ``b``, ``m`` in ``meta.text``; the prediction's ``score`` is ``S_i``; its
-``model_version`` the checkpoint's), so it equals what the backend serves for the same task.
+score and ``c``, ``b``, ``m`` in ``meta.text``; its ``model_version`` the checkpoint's), so it
+equals what the backend serves for the same task. The prediction's ``score``, which Label
+Studio's Uncertainty sampling serves lowest first, follows ``active.strategy``
+(:mod:`tsp_cli.priority`): ``S_i`` for ``tsp``; for any other strategy its rank / N, under
+``model_version = "<version>+<strategy>"``. ``S_i`` stays in ``scores/<version>.s<n>.jsonl``.
 
 Replacing, safely: new predictions are pushed first (in batches, through the project's
 import-predictions endpoint), and only then are this project's older TSP predictions deleted
 (``model_version`` starting with ``tsp-``, any version but the new one: one request per version
 through ``DELETE /api/projects/{id}/model-versions/``, else one per prediction) together with
-duplicate current ones. An interruption at any point leaves each task with at least the predictions it had;
-re-running skips tasks that already hold a current prediction and finishes the clean-up.
+duplicate current ones and current ones whose score is no longer the task's (a rank-based
+strategy on a new snapshot). An interruption at any point leaves each task with at least the
+predictions it had; re-running skips tasks that already hold a current prediction with the same
+score and finishes the clean-up.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tsp_cli.client import LSProject, SyncError, call
-from tsp_cli.settings import ProjectSettings
+from tsp_cli.settings import ConfigError, ProjectSettings
 from tsp_cli.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TSP_PREFIX", "delete_model_version", "list_predictions", "push_predictions", "score"]
 
 TSP_PREFIX = "tsp-"  # make_model_version's prefix: what marks a prediction as ours
+SCORE_TOLERANCE = 1e-7  # Label Studio stores scores as floats; S_i and rank / N differ by far more
 
 
 def list_predictions(client: Any, project_id: int) -> list[dict[str, Any]]:
@@ -61,7 +67,7 @@ def push_predictions(
     Returns ``{"pushed", "already", "deleted"}``.
     """
     existing = list_predictions(client, project.id)
-    have = {p["task"] for p in existing if p["model_version"] == model_version}
+    have = {p["task"] for p in existing if _is_current(p, predictions, model_version)}
     todo = [(tid, pred) for tid, pred in sorted(predictions.items()) if tid not in have]
     bar = tqdm(total=len(todo), desc="push predictions", unit="task", disable=not progress, file=sys.stderr)
     try:
@@ -82,14 +88,21 @@ def push_predictions(
              model_version=model_version)
         project.model_version = model_version
 
-    # only now: delete the stale TSP predictions and any duplicate current ones
+    # only now: delete the stale TSP predictions, current ones whose score is not the task's any
+    # more, and duplicates (per task, the newest matching prediction stays)
     existing = list_predictions(client, project.id)
     stale = [p for p in existing if p["model_version"].startswith(TSP_PREFIX) and p["model_version"] != model_version]
-    current_by_task: dict[int, list[int]] = defaultdict(list)
+    current_by_task: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for p in existing:
         if p["model_version"] == model_version:
-            current_by_task[p["task"]].append(p["id"])
-    dupes = [pid for ids in current_by_task.values() for pid in sorted(ids)[1:]]
+            current_by_task[p["task"]].append(p)
+    dupes = []
+    for tid, preds in current_by_task.items():
+        keep = [p for p in preds if _is_current(p, predictions, model_version)]
+        if tid in predictions and not keep:
+            continue  # the new one did not land (should not happen): keep what the task has
+        keep_id = max(p["id"] for p in keep) if keep else min(p["id"] for p in preds)
+        dupes += sorted(p["id"] for p in preds if p["id"] != keep_id)
     doomed = list(dupes)
     for version in sorted({p["model_version"] for p in stale}):
         if not delete_model_version(client, project.id, version):
@@ -98,6 +111,17 @@ def push_predictions(
                     file=sys.stderr):
         call(client, f"deleting prediction {pid}", client.predictions.delete, id=pid)
     return {"pushed": len(todo), "already": len(predictions) - len(todo), "deleted": len(stale) + len(dupes)}
+
+
+def _is_current(existing: dict[str, Any], predictions: dict[int, dict[str, Any]], model_version: str) -> bool:
+    """An existing prediction is current: the new ``model_version`` and, for a task being pushed,
+    the same ``score`` (rank-based scores move when the pool changes under the same model)."""
+    if existing["model_version"] != model_version:
+        return False
+    new = predictions.get(existing["task"])
+    if new is None:
+        return True
+    return existing["score"] is not None and abs(existing["score"] - float(new["score"])) <= SCORE_TOLERANCE
 
 
 def delete_model_version(client: Any, project_id: int, model_version: str) -> bool:
@@ -129,39 +153,46 @@ def score(
     *,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score the latest snapshot's pool with the newest checkpoint and push the predictions."""
-    from tsp_backend.regions import LabelConfigError, parse_label_config, prediction_for_task
-    from tsp_cli.retrain import score_snapshot_pool
+    """Score the latest snapshot's pool with the newest checkpoint and push the predictions,
+    scored for ``active.strategy`` (see :mod:`tsp_cli.priority`)."""
+    from tsp_backend.regions import LabelConfigError, parse_label_config
+    from tsp_cli.priority import pool_queue, queue_predictions, resolve_strategy
     from tsp_model.engine.checkpoint import latest_checkpoint, load_checkpoint
-    from tsp_model.records import read_jsonl
 
     t0 = time.perf_counter()
+    cfg = settings.train_config()
+    try:
+        resolve_strategy(cfg)  # a bad name fails before any work
+    except ConfigError as exc:
+        raise ConfigError(f"project {settings.name!r}: {exc}") from None
     snap = workdir.latest_snapshot()
     checkpoint = latest_checkpoint(settings.model_dir)
     if checkpoint is None:
         raise SyncError(f"{settings.model_dir}: no model yet; run tsp-sync retrain --project {settings.name}")
-    cfg = settings.train_config()
     class_names = list(load_checkpoint(checkpoint)["class_names"])
     try:
         target = parse_label_config(project.label_config, class_names=class_names)
     except LabelConfigError as exc:
         raise SyncError(f"project {project.id} ({project.title!r}): {exc}") from None
-    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, progress=progress)
-    records = read_jsonl(path)
-    predictions = {
-        int(r.image_id): prediction_for_task(r, target, model_version=version, empty_score=cfg.active.empty_image_score)
-        for r in records
-    }
+    try:
+        queue = pool_queue(workdir, snap, checkpoint, cfg, progress=progress)
+    except ConfigError as exc:
+        raise ConfigError(f"project {settings.name!r}: {exc}") from None
+    predictions = queue_predictions(queue, target, empty_score=cfg.active.empty_image_score)
+    version = queue.queue_version
     pushed = push_predictions(client, project, predictions, version, batch_size=settings.push_batch, progress=progress)
-    queue = sorted(((p["score"], tid) for tid, p in predictions.items()))
+    S = {int(r.image_id): float(r.S) for r in queue.records}
+    order = sorted((p["score"], tid) for tid, p in predictions.items())
     summary = {
         "snapshot": snap.number,
-        "model_version": version,
-        "scores": str(path),
+        "model_version": version,  # what Label Studio holds: "<checkpoint version>[+<strategy>]"
+        "checkpoint_version": queue.model_version,
+        "strategy": queue.strategy,
+        "scores": str(queue.scores_path),
         "pool": len(snap.pool()),
-        "scored": len(records),
+        "scored": len(queue.records),
         **pushed,
-        "top": [{"task": tid, "S": s} for s, tid in queue[:10]],
+        "top": [{"task": tid, "score": sc, "S": S[tid]} for sc, tid in order[:10]],
         "seconds": round(time.perf_counter() - t0, 1),
     }
     workdir.update_state("last_score", summary)

@@ -1,10 +1,15 @@
-"""``tsp-sync status``: what the work directory knows, without touching Label Studio."""
+"""``tsp-sync status``: what the work directory knows, without touching Label Studio.
+
+The queue lines name the selection strategy that ordered it (``active.strategy`` at the last
+``score``): ``tsp`` orders by ``S_i``; any other by its rank / N, with ``S_i`` shown beside.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 from typing import Any
 
+from tsp_cli.priority import DEFAULT_STRATEGY, split_queue_version
 from tsp_cli.settings import ProjectSettings
 from tsp_cli.workdir import Workdir
 
@@ -57,6 +62,10 @@ def format_status(info: dict[str, Any], top_n: int = 10) -> str:
         lines.append(f"last retrain: {rt['model_version']} on snapshot {rt['snapshot']}, {rt['labeled']} labeled + "
                      f"{rt['pseudo_images']} pseudo-labeled images ({rt['pseudo_instances']} instances){ap}, "
                      f"{rt['seconds']} s")
+    sc = info.get("last_score")
+    if sc:
+        lines.append(f"last score: {sc.get('scored', 0)} tasks of snapshot {sc.get('snapshot')} scored, predictions "
+                     f"{sc['model_version']} ordered by {_strategy_of(sc)}")
     ro = info.get("last_reorder")
     if ro:
         v = ro.get("verify") or {}
@@ -67,12 +76,25 @@ def format_status(info: dict[str, Any], top_n: int = 10) -> str:
         elif v.get("honored") is None:
             check = f"/next inconclusive (task {v.get('next_task')} locked for this user earlier)"
         elif v["honored"]:
-            check = f"/next serves task {v['next_task']}, the lowest S"
+            check = f"/next serves task {v['next_task']}, the lowest score"
         else:
             check = "/next ignores the order: label from the 'TSP priority' view"
-        lines.append(f"queue: model_version {ro['model_version']}, {ro['sampling']}, view {ro['view_id']}; {check}")
-    top = (ro or info.get("last_score") or {}).get("top") or []
+        lines.append(f"queue: model_version {ro['model_version']}, ordered by {_strategy_of(ro)}, {ro['sampling']}, "
+                     f"view {ro['view_id']}; {check}")
+    latest = ro or info.get("last_score") or {}
+    top = latest.get("top") or []
     if top:
-        lines.append("top of the queue (lowest S_i first):")
-        lines += [f"  task {e['task']:>6}  S = {e['S']:.4f}" for e in top[:top_n]]
+        strategy = _strategy_of(latest)
+        if strategy == DEFAULT_STRATEGY:
+            lines.append("top of the queue (tsp: lowest S_i first):")
+            lines += [f"  task {e['task']:>6}  S = {e['S']:.4f}" for e in top[:top_n]]
+        else:
+            lines.append(f"top of the queue ({strategy} order: lowest score = rank / N first):")
+            lines += [f"  task {e['task']:>6}  score = {e.get('score', 0.0):.4f}  S = {e['S']:.4f}"
+                      for e in top[:top_n]]
     return "\n".join(lines)
+
+
+def _strategy_of(step: dict[str, Any]) -> str:
+    """The strategy a score/reorder summary ordered the queue by (older summaries: from the version)."""
+    return str(step.get("strategy") or split_queue_version(str(step.get("model_version") or ""))[1])

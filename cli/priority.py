@@ -1,0 +1,218 @@
+"""The queue score ``tsp-sync score`` pushes: ``S_i`` for ``tsp``, a rank for every other strategy.
+
+Label Studio's Uncertainty sampling serves the task whose prediction has the lowest ``score``.
+With ``active.strategy = "tsp"`` (the default) that score is ``S_i`` (eq. 3), exactly as before.
+Any other registered strategy (``tsp_instance``, ``class_entropy``, ``random``, ``mc_dropout``,
+``core_set``, ``learning_loss``) ranks the scored pool and each task gets
+:func:`tsp_model.strategies.priority_scores`: rank / N in [0, 1), the strategy's first pick 0.
+The regions stay what the backend serves (``s`` as region score, ``c``, ``b``, ``m`` in
+``meta.text``); ``S_i`` stays in the workdir's score file.
+
+Such predictions carry ``model_version = "<checkpoint version>+<strategy>"`` (:func:`queue_version`),
+so switching the strategy replaces them like a new model does, the backend's live predictions
+(``score = S_i``, the bare version) never enter the queue, and every place that prints the
+model_version (``score``, ``reorder``, ``status``, ``cycle``) also names the strategy.
+
+What a strategy reads beyond the triplet scores comes from the pool scoring
+(:func:`tsp_model.strategies.scoring_options`): embeddings (``core_set``, which also scores the
+snapshot's labeled images into ``scores/labeled/<version>.s<n>.jsonl`` as its initial centers,
+a subfolder so that tools reading ``scores/*.jsonl`` see pool scores only),
+MC-dropout statistics (``mc_dropout``: a checkpoint trained with ``model.dropout > 0``) or the
+predicted loss (``learning_loss``: a checkpoint trained with ``model.learning_loss = true``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tsp_model.config import ConfigError, TSPConfig
+from tsp_model.records import ImageScore
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "PoolQueue",
+    "check_checkpoint_supports",
+    "pool_queue",
+    "queue_predictions",
+    "queue_version",
+    "resolve_strategy",
+    "scores_by_task",
+    "split_queue_version",
+]
+
+DEFAULT_STRATEGY = "tsp"
+_SEP = "+"  # "<checkpoint version>+<strategy>"; make_model_version never writes a "+"
+
+# scoring_options key -> the extras key each record must then hold
+_EXTRAS = {"embeddings": "embedding", "mc_passes": "mc_uncertainty"}
+
+
+def queue_version(model_version: str, strategy: str) -> str:
+    """The ``model_version`` of the pushed predictions: the checkpoint's for ``tsp``,
+    ``"<version>+<strategy>"`` for any other strategy."""
+    return model_version if strategy == DEFAULT_STRATEGY else f"{model_version}{_SEP}{strategy}"
+
+
+def split_queue_version(version: str) -> tuple[str, str]:
+    """Inverse of :func:`queue_version`: ``(checkpoint version, strategy)``."""
+    base, sep, strategy = version.partition(_SEP)
+    return (base, strategy) if sep and strategy else (version, DEFAULT_STRATEGY)
+
+
+def resolve_strategy(cfg: TSPConfig) -> str:
+    """``active.strategy``, checked against the registry (ConfigError naming the key)."""
+    from tsp_model.strategies import available_strategies
+
+    name = cfg.active.strategy
+    if name not in available_strategies():
+        raise ConfigError(
+            f"active.strategy: unknown selection strategy {name!r}; known: {', '.join(available_strategies())}"
+        )
+    return name
+
+
+def check_checkpoint_supports(strategy: str, checkpoint_state: dict[str, Any], checkpoint: Path) -> None:
+    """ConfigError (one line, naming the config key) when ``checkpoint`` lacks the model parts
+    ``strategy`` needs: dropout heads for ``mc_dropout``, the loss-prediction module for
+    ``learning_loss``."""
+    from tsp_model.strategies import get_strategy
+
+    needs = get_strategy(strategy).needs
+    model = dict((checkpoint_state.get("config") or {}).get("model") or {})
+    if "mc_dropout" in needs and not float(model.get("dropout") or 0.0) > 0:
+        raise ConfigError(
+            f"model.dropout: active.strategy = {strategy!r} needs a model trained with dropout in its heads, but "
+            f"{checkpoint.name} has model.dropout = {model.get('dropout', 0.0)}; set model.dropout > 0 (e.g. 0.25) "
+            "and run tsp-sync retrain, or pick another strategy"
+        )
+    if "predicted_loss" in needs and not model.get("learning_loss"):
+        raise ConfigError(
+            f"model.learning_loss: active.strategy = {strategy!r} needs the loss-prediction module, but "
+            f"{checkpoint.name} was trained without it; set model.learning_loss = true and run tsp-sync retrain, "
+            "or pick another strategy"
+        )
+
+
+def _missing_extras(records: list[ImageScore], opts: dict[str, object], needs: frozenset[str]) -> bool:
+    keys = [extra for opt, extra in _EXTRAS.items() if opts.get(opt)]
+    if "predicted_loss" in needs:
+        keys.append("predicted_loss")
+    return any(key not in r.extras for r in records for key in keys)
+
+
+def _score_items(
+    checkpoint: Path, cfg: TSPConfig, items: list[tuple], out: Path, *, embeddings: bool | None,
+    mc_passes: int | None, progress: bool,
+) -> Path:
+    from tsp_model.engine.checkpoint import load_model
+    from tsp_model.engine.distributed import resolve_device
+    from tsp_model.engine.predict import score_pool
+
+    loaded = load_model(checkpoint, device=resolve_device(cfg.train.device))
+    return score_pool(
+        loaded.model, items, class_names=loaded.class_names, config=cfg, out_path=out,
+        model_version=loaded.model_version, progress=progress, embeddings=embeddings, mc_passes=mc_passes,
+    )
+
+
+def labeled_records(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, version: str, *,
+                    progress: bool = True) -> list[ImageScore]:
+    """The snapshot's labeled images scored by ``checkpoint`` with embeddings only (core_set's
+    initial centers), in ``scores/labeled/<version>.s<n>.jsonl`` (reused when present)."""
+    from tsp_model.records import read_jsonl
+
+    out = workdir.scores / "labeled" / f"{version}.s{snap.number}.jsonl"
+    if out.is_file():
+        records = read_jsonl(out)
+        if all("embedding" in r.extras for r in records):
+            return records
+    doc = json.loads(snap.annotations.read_text())
+    items = [(im["id"], snap.image_dir / im["file_name"], im["file_name"]) for im in doc["images"]]
+    if not items:
+        return []
+    _score_items(checkpoint, cfg, items, out, embeddings=True, mc_passes=0, progress=progress)
+    return read_jsonl(out)
+
+
+@dataclass
+class PoolQueue:
+    """One snapshot's pool scored by one checkpoint, and the score each task is queued by."""
+
+    strategy: str
+    model_version: str  # the checkpoint's
+    queue_version: str  # the pushed predictions' (queue_version())
+    scores_path: Path  # pool score file: S_i, c, b, m, s per task
+    records: list[ImageScore]
+    priority: dict[int, float]  # task id -> pushed score (S_i for tsp; rank / N otherwise)
+
+
+def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, progress: bool = True) -> PoolQueue:
+    """Score the snapshot's pool with ``checkpoint`` (with what ``active.strategy`` needs) and
+    compute every task's queue score.
+
+    Raises:
+        ConfigError: unknown strategy, or the checkpoint lacks what the strategy needs.
+    """
+    from tsp_cli.retrain import score_snapshot_pool
+    from tsp_model.engine.checkpoint import load_checkpoint
+    from tsp_model.records import read_jsonl
+    from tsp_model.strategies import get_strategy, priority_scores, scoring_options
+
+    strategy = resolve_strategy(cfg)
+    check_checkpoint_supports(strategy, load_checkpoint(checkpoint), checkpoint)
+    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, progress=progress)
+    records = read_jsonl(path)
+    strat = get_strategy(strategy)
+    opts = scoring_options(strat, cfg.active.mc_passes)
+    if _missing_extras(records, opts, strat.needs):
+        # the reused score file was written for another strategy: score again with its data
+        pool = snap.pool()
+        items = [(t["task_id"], snap.image_dir / t["file_name"], t["file_name"]) for t in pool]
+        _score_items(checkpoint, cfg, items, path, embeddings=None, mc_passes=None, progress=progress)
+        records = read_jsonl(path)
+
+    if strategy == DEFAULT_STRATEGY:
+        priority = {int(r.image_id): float(r.S) for r in records}
+    else:
+        labeled: list[ImageScore] = []
+        if opts["score_labeled"]:
+            labeled = labeled_records(workdir, snap, checkpoint, cfg, version, progress=progress)
+        # core_set ranks greedily in O(N^2 D): order the first active.budget picks, the rest share 1.0
+        budget = cfg.active.budget if "embedding" in strat.needs else None
+        try:
+            ranks = priority_scores(records, strat, seed=cfg.train.seed + snap.number, labeled=labeled,
+                                    budget=budget)
+        except ValueError as exc:  # a score record without the strategy's data (names the image)
+            from tsp_cli.client import SyncError
+
+            raise SyncError(f"active.strategy = {strategy!r}: {exc}") from None
+        priority = {int(k): float(v) for k, v in ranks.items()}
+    return PoolQueue(strategy=strategy, model_version=version, queue_version=queue_version(version, strategy),
+                     scores_path=path, records=records, priority=priority)
+
+
+def queue_predictions(queue: PoolQueue, target: Any, empty_score: float = 1.0) -> dict[int, dict[str, Any]]:
+    """``{task id: prediction}``: the backend's regions (``tsp_backend.regions.prediction_for_task``)
+    under ``queue.queue_version``; for strategies other than ``tsp`` the prediction's ``score``
+    is the task's priority instead of ``S_i``."""
+    from tsp_backend.regions import prediction_for_task
+
+    out = {}
+    for rec in queue.records:
+        pred = prediction_for_task(rec, target, model_version=queue.queue_version, empty_score=empty_score)
+        if queue.strategy != DEFAULT_STRATEGY:
+            pred["score"] = queue.priority[int(rec.image_id)]
+        out[int(rec.image_id)] = pred
+    return out
+
+
+def scores_by_task(path: str | Path | None) -> dict[int, float]:
+    """``{task id: S_i}`` from a pool score file; ``{}`` when it is gone."""
+    from tsp_model.records import read_jsonl
+
+    if not path or not Path(path).is_file():
+        return {}
+    return {int(r.image_id): float(r.S) for r in read_jsonl(path)}
