@@ -71,7 +71,6 @@ a table on stdout. Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -82,7 +81,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +102,7 @@ from tsp_model.engine.train import train
 from tsp_model.records import ImageScore, read_jsonl
 from tsp_model.scoring import pseudo_label_keep
 from tsp_model.strategies import available_strategies, get_strategy
+from tsp_model.atomic import atomic_write_text
 
 log = logging.getLogger("label_efficiency")
 
@@ -732,20 +731,7 @@ def labels_to_fraction_of_full(summary: dict[str, list[dict[str, Any]]], fractio
 
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a result file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:

@@ -24,10 +24,8 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from tsp_cli.client import LSProject, SyncError, call
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_json, default_mode, read_json
 from tsp_model.data.coco import write_coco
 from tsp_model.data.image_io import ImageError, read_image
+from tsp_model.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +164,7 @@ def _fetch_image(cache: ImageCache, task_id: int, url: str) -> dict[str, Any]:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    default_mode(tmp)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def fetch_tasks(client: Any, project: LSProject) -> list[dict[str, Any]]:

@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ import numpy as np
 
 from tsp_cli.client import SyncError
 from tsp_cli.settings import ProjectSettings
-from tsp_cli.workdir import Snapshot, Workdir, atomic_write_text, default_mode
+from tsp_cli.workdir import Snapshot, Workdir, atomic_write_text
+from tsp_model.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +120,7 @@ def _publish(checkpoint: Path, model_dir: Path, version: str) -> Path:
     if dest.is_file() and dest.stat().st_size == checkpoint.stat().st_size:
         os.utime(dest)  # published again: it is the current model (latest_checkpoint goes by mtime)
         return dest
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=model_dir)
-    os.close(fd)
-    try:
-        shutil.copyfile(checkpoint, tmp)
-        default_mode(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(dest, lambda tmp: shutil.copyfile(checkpoint, tmp))
     return dest
 
 

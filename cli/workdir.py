@@ -17,7 +17,6 @@ Every file is written to a temporary name in its folder and renamed over the tar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -27,37 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from tsp_cli.client import SyncError
+from tsp_model.atomic import atomic_write_text, default_mode
 
 __all__ = ["Snapshot", "Workdir", "atomic_write_json", "atomic_write_text", "default_mode"]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def default_mode(path: str | Path, directory: bool = False) -> None:
-    """Give a mkstemp/mkdtemp result (0600/0700) the mode a plain open/mkdir would give, so the
-    backend, running as another user, can read snapshots and models."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    default_mode(tmp)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def atomic_write_json(path: Path, data: Any) -> Path:

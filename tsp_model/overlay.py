@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import html
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 
 from tsp_model.records import ImageScore
+from tsp_model.atomic import atomic_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -94,18 +93,7 @@ def _label_text(name: str, c: float, b: float, m: float) -> str:
 
 
 def _atomic_save(img: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def render_overlay(
@@ -202,17 +190,7 @@ def _safe_stem(record: ImageScore) -> str:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, text)
 
 
 def _section(title: str, rows: list[tuple[int, ImageScore, str]]) -> str:

@@ -15,12 +15,12 @@ Floats keep full precision; NaN or infinity is refused at write time (it would n
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tsp_model.atomic import atomic_open
 
 __all__ = ["RecordError", "InstanceScore", "ImageScore", "write_jsonl", "read_jsonl"]
 
@@ -198,38 +198,12 @@ def write_jsonl(path: str | Path, records: Iterable[ImageScore]) -> Path:
     as it was. Parent directories are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(_dumps(record))
-                fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_open(path) as fh:
+        for record in records:
+            fh.write(_dumps(record))
+            fh.write("\n")
     return path
 
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); best effort where directories cannot be opened."""
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def read_jsonl(path: str | Path) -> list[ImageScore]:

@@ -11,8 +11,6 @@ Inputs follow the workdir contract: ``cycles.jsonl`` holds one object per cycle 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tsp_model.atomic import atomic_save
+
 __all__ = ["plot_learning_curve", "plot_score_histograms"]
 
 
@@ -28,17 +28,7 @@ def _save(fig: Figure, out_png: str | Path) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_save(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     return out
 
 

@@ -25,8 +25,6 @@ import copy
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
+from tsp_model.atomic import atomic_open
 from tsp_model.data.image_io import ImageError, read_image, to_tensor, verify_image
 from tsp_model.data.transforms import Compose, train_transforms
 
@@ -90,17 +89,8 @@ def write_coco(
     doc["annotations"] = [_jsonable(a) for a in annotations]
     doc["categories"] = [dict(c) for c in categories]
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        json.dump(doc, f, separators=(",", ":"))
     return path
 
 

@@ -41,8 +41,6 @@ CLI::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +50,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from tsp_model.atomic import atomic_save
 from tsp_model.data.coco import write_coco
 
 __all__ = ["CATEGORIES", "CLASS_NAMES", "PhantomSlice", "generate_phantoms", "render_slice", "window"]
@@ -297,15 +296,7 @@ def render_slice(rng: np.random.Generator, size: int, n_lesions: int) -> Phantom
 
 # ---------------------------------------------------------------------------- dataset writing
 def _save_png(image: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_save(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def generate_phantoms(

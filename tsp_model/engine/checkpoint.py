@@ -16,15 +16,14 @@ import dataclasses
 
 import datetime as _dt
 import hashlib
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tsp_model.atomic import atomic_open
 from tsp_model.config import ConfigError, TSPConfig
 
 FORMAT = "tsp-checkpoint/1"
@@ -64,19 +63,6 @@ def make_model_version(state_dict: dict[str, torch.Tensor], now: _dt.datetime | 
     return f"tsp-{now.strftime('%Y%m%dT%H%M%S')}-{weights_digest(state_dict)}"
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write ``state`` to ``path`` (temp file in the same directory, fsync, rename).
 
@@ -86,18 +72,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = dict(state)
     state.setdefault("format", FORMAT)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_open(path, "wb") as fh:
+        torch.save(state, fh)
     return path
 
 
