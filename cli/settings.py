@@ -20,12 +20,11 @@ to the folder of the file. The server is ``$LABEL_STUDIO_URL`` and the token
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsp_model.config import ConfigError, TSPConfig, load_config
+from tsp_model.config import ConfigError, TSPConfig, load_config, read_toml
 
 __all__ = [
     "ConfigError",
@@ -138,13 +137,7 @@ def load_settings(path: str | Path | None) -> dict[str, ProjectSettings]:
     if path is None:
         return {}
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: settings file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "settings file")
     unknown = [k for k in data if k != "projects"]
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown top-level key (only [projects.<name>] tables)")

@@ -288,18 +288,24 @@ def _validate(obj: Any, prefix: str) -> None:
         need(obj.batch_size >= 1, "batch_size", "must be >= 1")
 
 
+def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file when it is missing or not TOML."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TSPConfig:
     """Read a TOML file (or nothing: all defaults), then apply nested ``overrides``."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        data = read_toml(path, "config file")
     if overrides:
         data = merge_dicts(data, overrides)
     try:
