@@ -29,7 +29,7 @@ import torch
 from label_studio_ml.model import LabelStudioMLBase
 
 from tsp_backend.images import ImageFetcher, ImageFetchError
-from tsp_backend.regions import LabelConfigError, RegionInstance, TagTarget, parse_label_config, prediction_for_task
+from tsp_backend.regions import RegionInstance, TagTarget, parse_label_config, prediction_for_task
 from tsp_model.data.image_io import to_tensor
 from tsp_model.engine.checkpoint import CheckpointError, LoadedModel, latest_checkpoint, load_model
 from tsp_model.engine.predict import predict_images
