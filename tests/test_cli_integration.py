@@ -129,16 +129,20 @@ def tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def ich(label_studio, ls_client, tmp_path_factory):
-    work = tmp_path_factory.mktemp("tsp-sync")
-    info = build_project(ls_client, label_studio.files_root, work)
+def configured_project(label_studio, ls_client, work: Path, toml_template: str, **kwargs) -> dict:
+    """build_project + its tsp.toml + the environment `tsp-sync` runs with."""
+    info = build_project(ls_client, label_studio.files_root, work, **kwargs)
     toml = work / "tsp.toml"
-    toml.write_text(TSP_TOML.format(project_id=info["project_id"]))
+    toml.write_text(toml_template.format(project_id=info["project_id"]))
     info.update(work=work, toml=toml,
                 env={"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
                      "TSP_CONFIG": str(toml)})
     return info
+
+
+@pytest.fixture(scope="module")
+def ich(label_studio, ls_client, tmp_path_factory):
+    return configured_project(label_studio, ls_client, tmp_path_factory.mktemp("tsp-sync"), TSP_TOML)
 
 
 def run(ich, *args, env=None):

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_cli_integration import TSP_TOML, build_project, current_predictions, next_task
+from tests.test_cli_integration import TSP_TOML, configured_project, current_predictions, next_task
 from tests.test_cli_integration import run as run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,14 +26,8 @@ strategy = "class_entropy"
 
 @pytest.fixture(scope="module")
 def entropy_project(label_studio, ls_client, tmp_path_factory):
-    work = tmp_path_factory.mktemp("tsp-sync-strategy")
-    info = build_project(ls_client, label_studio.files_root, work, title="ICH class entropy")
-    toml = work / "tsp.toml"
-    toml.write_text(STRATEGY_TOML.format(project_id=info["project_id"]))
-    info.update(work=work, toml=toml,
-                env={"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-                     "TSP_CONFIG": str(toml)})
-    return info
+    return configured_project(label_studio, ls_client, tmp_path_factory.mktemp("tsp-sync-strategy"),
+                              STRATEGY_TOML, title="ICH class entropy")
 
 
 def test_class_entropy_orders_the_queue(entropy_project, label_studio, ls_client):
