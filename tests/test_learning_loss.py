@@ -7,7 +7,7 @@ import torch
 
 from test_model import LOSS_KEYS, losses_of, make_images, make_target, tiny_model
 from tsp_model.engine.predict import predict_images
-from tsp_model.learning_loss import LossPredictionModule, loss_ranking_loss, per_image_losses
+from tsp_model.learning_loss import LossPredictionModule, loss_ranking_loss, memory_ranking_loss, per_image_losses
 
 
 def _features(batch=3, channels=8):
@@ -78,10 +78,47 @@ def test_learning_loss_trains_the_module_and_reaches_the_backbone_unless_detache
         assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.roi_heads.parameters())
 
 
+def test_memory_ranking_loss_hand_computed():
+    pred = torch.tensor([0.5, 2.0], requires_grad=True)
+    # remembered image: predicted 1.0, true loss 3.0; batch true losses 4.0 (larger) and 1.0 (smaller)
+    # image 0: sign +1, 1 - (0.5 - 1.0) = 1.5; image 1: sign -1, 1 + (2.0 - 1.0) = 2.0 -> mean 1.75
+    got = memory_ranking_loss(pred, torch.tensor([4.0, 1.0]), torch.tensor([1.0]), torch.tensor([3.0]))
+    assert float(got) == pytest.approx(1.75)
+    got.backward()
+    assert torch.allclose(pred.grad, torch.tensor([-0.5, 0.5]))  # d/dpred of mean: -sign / 2
+
+
 def test_pseudo_images_are_left_out_of_the_pairs():
     model = tiny_model(seed=0, learning_loss=True)
     losses = losses_of(model, [make_target(), make_target(pseudo=True)])
-    assert losses["loss_learning_loss"] == 0.0  # one labeled image: no pair
+    assert losses["loss_learning_loss"] == 0.0  # one labeled image and nothing remembered yet: no pair
+    assert model.loss_prediction_module.memory is not None  # the pseudo image was not remembered
+    assert model.loss_prediction_module.memory[0].shape == (1,)
+
+
+def test_trains_at_batch_size_one():
+    """Batch size 1 (the CPU benchmark's setting): from the second step on, the one labeled image
+    is ranked against the previous step's, and the module gets a gradient."""
+    model = tiny_model(seed=0, learning_loss=True)
+    model.train()
+    module = model.loss_prediction_module
+    torch.manual_seed(0)
+    first = model(make_images(1, seed=1), [make_target()])
+    assert float(first["loss_learning_loss"]) == 0.0
+    remembered_pred, remembered_true = module.memory
+    torch.manual_seed(0)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+             "masks": torch.zeros(0, 64, 64, dtype=torch.uint8)}
+    second = model(make_images(1, seed=2), [empty])
+    loss = second["loss_learning_loss"]
+    assert float(loss) > 0
+    # the value is the memory rule applied to this step's prediction and true loss
+    pred_now, true_now = module.memory
+    expected = max(0.0, 1.0 - (1.0 if float(true_now) > float(remembered_true) else -1.0)
+                   * (float(pred_now) - float(remembered_pred)))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert float(module.fc.weight.grad.abs().sum()) > 0
 
 
 def test_per_image_losses_are_each_images_own_loss():

@@ -8,7 +8,15 @@ import torch
 from tsp_model import TSPMaskRCNN
 from tsp_model.config import ModelConfig
 from tsp_model.model import WeightsNotFoundError, build_backbone, build_model, count_parameters
-from tsp_model.roi_heads import mask_iou_targets, paired_box_iou, positive_only_classification_loss
+import math
+
+from tsp_model.roi_heads import (
+    mask_area_ratios,
+    mask_iou_targets,
+    paired_box_iou,
+    positive_only_classification_loss,
+    regressed_box_iou_targets,
+)
 
 SIZE = 64
 LOSS_KEYS = {
@@ -95,13 +103,16 @@ def test_golden_losses():
 
 
 GOLDEN = {  # recorded from this implementation; a change here must be explained in the commit
-    "loss_classifier": 1.1162348985671997,
+    # re-recorded when eq. 4 became sum-over-positives / N_sampled (loss_classifier,
+    # loss_objectness: the pseudo image's part) and the mask-IoU target became the IoU with the
+    # whole ground-truth mask (loss_mask_iou); the other four terms did not move
+    "loss_classifier": 1.105063557624817,
     "loss_box_reg": 0.034799229353666306,
     "loss_mask": 1.2358191013336182,
-    "loss_objectness": 0.6999118328094482,
+    "loss_objectness": 0.6930428743362427,
     "loss_rpn_box_reg": 0.008767247200012207,
     "loss_box_iou": 0.12941627204418182,
-    "loss_mask_iou": 0.033162664622068405,
+    "loss_mask_iou": 0.014810845255851746,
 }
 
 
@@ -220,15 +231,152 @@ def test_mask_iou_target_binarizes_prediction_at_threshold():
     gt = torch.zeros(2, 4, 4)
     gt[0, :, :2] = 1.0  # 8 px; overlap with prediction 4 px; union 12
     gt[1] = 0.0
-    iou = mask_iou_targets(probs, gt, threshold=0.3)
+    # whole ground truth inside each RoI (ratio 1), or none of it (ratio 0)
+    iou = mask_iou_targets(probs, gt, torch.tensor([1.0, 0.0]), threshold=0.3)
     assert torch.allclose(iou, torch.tensor([4 / 12, 0.0]))
 
 
-def test_positive_only_classification_ignores_background_rois():
-    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [5.0, -5.0]])
-    labels = torch.tensor([0, 1, 0])
-    expected = torch.nn.functional.cross_entropy(logits[1:2], labels[1:2])
-    assert torch.allclose(positive_only_classification_loss(logits, labels), expected)
+def test_mask_iou_target_counts_the_lesion_outside_the_roi():
+    """A RoI over 60% of a lesion with a perfect in-box mask: the paper's target is the IoU with
+    the matched ground-truth mask, 0.6, not the 1.0 of the RoI-cropped ground truth."""
+    gt_masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    gt_masks[0, 0:10, 0:20] = 1  # a 20 x 10 lesion: 200 px
+    roi = torch.tensor([[8.0, 0.0, 20.0, 10.0]])  # columns 8..19: 12 of 20 -> 120 px inside
+    ratios = mask_area_ratios(gt_masks, roi, torch.tensor([0]))
+    assert torch.allclose(ratios, torch.tensor([0.6]))
+    # inside the RoI the prediction and the ground truth both fill the 28 x 28 grid
+    pred = torch.ones(1, 28, 28)
+    gt_in_roi = torch.ones(1, 28, 28)
+    # predicted mask pasted back = the RoI, 120 px; IoU with the 200 px lesion = 120 / 200
+    assert torch.allclose(mask_iou_targets(pred, gt_in_roi, ratios, threshold=0.3), torch.tensor([0.6]))
+    # a RoI holding the whole lesion keeps the plain IoU
+    whole = mask_area_ratios(gt_masks, torch.tensor([[0.0, 0.0, 20.0, 10.0]]), torch.tensor([0]))
+    assert torch.allclose(whole, torch.tensor([1.0]))
+
+
+def test_mask_iou_targets_in_training_see_the_whole_lesion():
+    """In the training forward, a positive RoI that truncates a lesion gets a target below the
+    in-box IoU: the same lesion seen through the cropped ground truth would score 1.0."""
+    import tsp_model.roi_heads as rh
+
+    model = tiny_model(seed=0)
+    model.train()
+    heads = model.roi_heads
+    torch.nn.init.zeros_(heads.mask_predictor.mask_fcn_logits.weight)
+    torch.nn.init.constant_(heads.mask_predictor.mask_fcn_logits.bias, 10.0)  # predict "all mask"
+    seen = []
+    real = rh.iou_head_loss
+    rh.iou_head_loss = lambda pred, target: seen.append(target.clone()) or real(pred, target)
+    try:
+        masks = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+        masks[0, 10:30, 10:50] = 1  # 40 x 20 lesion
+        target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 30.0]]), "labels": torch.tensor([1]), "masks": masks}
+        images, targets = model.transform(make_images(1), [target])
+        feats = model.backbone(images.tensors)
+        # a proposal covering the left 30 of 40 columns: box IoU 0.75 > 0.5, positive
+        proposals = [torch.tensor([[10.0, 10.0, 40.0, 30.0]])]
+        torch.manual_seed(0)
+        heads(feats, proposals, images.image_sizes, targets)
+    finally:
+        rh.iou_head_loss = real
+    mask_target = seen[1]  # box-IoU target first, mask-IoU target second
+    # Two positive RoIs: the ground-truth box (torchvision adds it to the proposals) and the
+    # proposal over 30 of the lesion's 40 columns (ratio 0.75). On the 28 x 28 grid the RoIAlign
+    # projection of the ground truth loses its last row (the sample at y = 29.64 interpolates
+    # row 29 (1) and row 30 (0) to 0.36 < 0.5): 28 x 27 = 756 cells; the prediction fills 784.
+    # ground-truth box: 756 / 784. proposal: whole lesion = 756 / 0.75 = 1008 cells,
+    # IoU = 756 / (784 + 1008 - 756) = 756 / 1036. (The RoI-cropped target gave 756 / 784 for both.)
+    expected = sorted([756 / 1036, 756 / 784])
+    assert [float(v) for v in sorted(mask_target)] == pytest.approx(expected, abs=1e-5)
+
+
+def test_box_iou_target_is_computed_in_fp32_under_autocast():
+    """bf16 spacing near x = 400 is 2 px: a 12 x 11 px lesion would get IoU 1.0 instead of
+    126.5 / 137.5 = 0.92 if the regressed box and the ground truth were rounded to bf16."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    proposal = torch.tensor([[401.0, 100.0, 413.0, 111.0]])
+    gt = torch.tensor([[400.5, 100.0, 412.5, 111.0]])
+    deltas = torch.zeros(1, 4, dtype=torch.bfloat16)  # what a Linear layer returns under bf16 autocast
+    # overlap 11.5 x 11 = 126.5; union 132 + 132 - 126.5 = 137.5
+    got = regressed_box_iou_targets(coder, deltas, proposal, gt)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(126.5 / 137.5, abs=1e-6)
+
+
+def test_box_iou_target_in_the_training_forward_under_bf16_autocast():
+    import tsp_model.roi_heads as rh
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tiny_fpn", min_size=512, max_size=512), num_classes=3)
+    model.train()
+    heads = model.roi_heads
+    torch.nn.init.zeros_(heads.box_predictor.bbox_pred.weight)
+    torch.nn.init.zeros_(heads.box_predictor.bbox_pred.bias)  # regressed box = proposal
+    seen = []
+    real = rh.iou_head_loss
+    rh.iou_head_loss = lambda pred, target: seen.append(target.clone()) or real(pred, target)
+    try:
+        masks = torch.zeros(1, 512, 512, dtype=torch.uint8)
+        masks[0, 100:111, 401:412] = 1
+        target = {"boxes": torch.tensor([[400.5, 100.0, 412.5, 111.0]]), "labels": torch.tensor([1]), "masks": masks}
+        image = torch.rand(3, 512, 512)
+        images, targets = model.transform([image], [target])
+        assert images.tensors.shape[-1] == 512  # no resize: boxes keep their pixel values
+        feats = model.backbone(images.tensors)
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            heads(feats, [torch.tensor([[401.0, 100.0, 413.0, 111.0]])], images.image_sizes, targets)
+    finally:
+        rh.iou_head_loss = real
+    box_target = seen[0]
+    assert sorted(round(float(v), 4) for v in box_target) == [round(126.5 / 137.5, 4), 1.0]
+
+
+def test_b_comes_from_the_box_iou_head_on_final_boxes_and_m_from_the_mask_iou_head():
+    model = tiny_model(seed=0, box_score_thresh=0.0)
+    model.eval()
+    heads = model.roi_heads
+    for head, value in ((heads.box_iou_head, 0.2), (heads.mask_iou_head, 0.7)):
+        torch.nn.init.zeros_(head.fc.weight)
+        torch.nn.init.constant_(head.fc.bias, math.log(value / (1 - value)))  # sigmoid -> value
+    calls = []
+    hook = heads.box_iou_head.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    with torch.no_grad():
+        out = model(make_images(1))[0]
+    hook.remove()
+    n = out["scores"].shape[0]
+    assert n > 0
+    assert torch.allclose(out["box_iou"], torch.full((n,), 0.2))
+    assert torch.allclose(out["mask_iou"], torch.full((n,), 0.7))
+    assert calls == [n]  # one pass over the final (post-NMS) boxes, not over the proposals
+
+
+def test_positive_only_classification_hand_computed():
+    """Eq. 4: sum over the positive RoIs of L_cls, divided by all sampled RoIs (N_cls = 4)."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, math.log(3.0)], [5.0, -5.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 0, 0])
+    # the one positive has p(class 1) = 3 / (1 + 3): L_cls = ln(4/3); / 4 sampled
+    expected = math.log(4 / 3) / 4
+    assert float(positive_only_classification_loss(logits, labels)) == pytest.approx(expected, rel=1e-6)
+    # background RoIs do not change it, their count does (they are part of N_cls)
+    other = logits.clone()
+    other[0] = torch.tensor([-9.0, 9.0])
+    assert float(positive_only_classification_loss(other, labels)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_rpn_pseudo_objectness_hand_computed():
+    """Eq. 4 in the RPN: BCE over positive anchors, summed, / sampled anchors (1 pos + 2 neg)."""
+    rpn = tiny_model().rpn
+    objectness = torch.tensor([[math.log(3.0)], [0.0], [5.0], [7.0]])
+    labels = [torch.tensor([1.0, 0.0, 0.0, -1.0])]  # the ignored anchor (-1) is never sampled
+    deltas = torch.zeros(4, 4)
+    torch.manual_seed(0)
+    obj, box = rpn.semi_loss(objectness, deltas, labels, [torch.zeros(4, 4)])
+    # sigmoid(ln 3) = 3/4: BCE = ln(4/3), over 3 sampled anchors
+    assert float(obj) == pytest.approx(math.log(4 / 3) / 3, rel=1e-6)
+    assert float(box) == 0.0
 
 
 def test_pretrained_weights_are_never_downloaded(tmp_path, monkeypatch):

@@ -15,8 +15,11 @@ the sum of all the model's training losses (RPN objectness and box, RoI classifi
 mask, and the two IoU-head losses) computed on image i alone, without gradient, on the features
 already computed for the batch. This reruns the RPN and RoI heads once per labeled image (not
 the backbone): about the heads' cost again per step. Pseudo-labeled images (eq. 4-5) are left
-out of the pairs, since their loss is not the loss of a labeled example; fewer than two labeled
-images in a batch gives a zero ranking loss (kept in the graph for DDP).
+out of the pairs, since their loss is not the loss of a labeled example. A batch with one
+labeled image (batch size 1, or one labeled beside pseudo-labeled ones) pairs it with the last
+labeled image of an earlier step, whose prediction is detached (:func:`memory_ranking_loss`), so
+the module trains at any batch size; only the very first such step has no partner (zero loss,
+kept in the graph for DDP).
 
 ``detach_features`` stops the module's gradient into the backbone; the paper does so after
 epoch 120 of 200 so the ranking task does not disturb the detector late in training. Here it is
@@ -36,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
-__all__ = ["LossPredictionModule", "loss_ranking_loss", "forward_with_loss_prediction", "per_image_losses"]
+__all__ = ["LossPredictionModule", "loss_ranking_loss", "memory_ranking_loss", "forward_with_loss_prediction", "per_image_losses"]
 
 
 class LossPredictionModule(nn.Module):
@@ -69,6 +72,9 @@ class LossPredictionModule(nn.Module):
         self.weight = float(weight)
         self.margin = float(margin)
         self.detach_features = bool(detach_features)
+        # (predicted, true) loss of the last labeled image seen in training: the partner of a
+        # batch's only labeled image (not saved in checkpoints; each DDP rank keeps its own)
+        self.memory: tuple[Tensor, Tensor] | None = None
 
     def forward(self, features: dict[str, Tensor] | list[Tensor]) -> Tensor:
         maps = list(features.values()) if isinstance(features, dict) else list(features)
@@ -80,6 +86,24 @@ class LossPredictionModule(nn.Module):
                 x = x.detach()
             parts.append(F.relu(fc(x.float().mean(dim=(2, 3)))))
         return self.fc(torch.cat(parts, dim=1)).squeeze(1)
+
+
+def memory_ranking_loss(
+    pred: Tensor, target: Tensor, memory_pred: Tensor, memory_target: Tensor, margin: float = 1.0
+) -> Tensor:
+    """The ranking loss of each image of the batch against a remembered image of an earlier step.
+
+    ``max(0, -sign(l_i - l_m) * (l^_i - l^_m) + xi)``, mean over i; ``l^_m`` is detached (it was
+    predicted by an earlier step's weights), so the gradient reaches only the current prediction.
+
+    Args:
+        pred, target (FloatTensor[B]): predicted and true losses of the batch's labeled images.
+        memory_pred, memory_target (FloatTensor[1]): the remembered image's.
+    """
+    diff_pred = pred - memory_pred.detach().to(pred.dtype)
+    diff_true = target.detach() - memory_target.detach().to(target.dtype)
+    sign = torch.where(diff_true > 0, 1.0, -1.0).to(pred.dtype)
+    return torch.clamp(margin - sign * diff_pred, min=0).mean()
 
 
 def loss_ranking_loss(pred: Tensor, target: Tensor, margin: float = 1.0) -> Tensor:
@@ -152,10 +176,16 @@ def forward_with_loss_prediction(
     losses.update(detector_losses)
     losses.update(proposal_losses)
     labeled = [i for i, t in enumerate(targets) if not is_pseudo(t)]
-    if len(labeled) >= 2:
-        true = per_image_losses(model, features, image_list, targets, labeled)
-        rank = loss_ranking_loss(predicted[labeled], true.to(predicted.dtype), module.margin)
-    else:
-        rank = predicted.sum() * 0
+    rank = predicted.sum() * 0
+    if labeled:
+        true = per_image_losses(model, features, image_list, targets, labeled).to(predicted.dtype)
+        pred = predicted[labeled]
+        if len(labeled) >= 2:
+            rank = rank + loss_ranking_loss(pred, true, module.margin)
+        elif module.memory is not None:
+            # one labeled image in the batch (batch size 1, or a mixed labeled/pseudo batch):
+            # pair it with the last labeled image of an earlier step
+            rank = rank + memory_ranking_loss(pred, true, *module.memory, margin=module.margin)
+        module.memory = (pred[-1:].detach().clone(), true[-1:].detach().clone())
     losses["loss_learning_loss"] = module.weight * rank
     return losses

@@ -5,10 +5,13 @@
 * training, labeled images (L_sup, eq. 1): torchvision's classification, box and mask losses,
   plus ``loss_box_iou`` and ``loss_mask_iou``: l2 between the IoU heads' outputs and the IoU of
   the regressed box / of the mask binarized at ``mask_threshold`` with the matched ground truth,
-  on positive RoIs (IoU > 0.5 with a ground truth), weighted by lambda.
+  on positive RoIs (IoU > 0.5 with a ground truth), weighted by lambda. The mask target is the
+  IoU with the whole ground-truth mask, including its part outside the RoI (Mask Scoring
+  R-CNN's correction); both targets are computed in fp32 whatever the autocast dtype.
 * training, pseudo-labeled images (``target["pseudo"]`` true; L_semi, eq. 4): classification
-  over positive RoIs only (no background loss where unlabeled lesions may hide), box and mask
-  losses unchanged, no IoU-head losses.
+  summed over positive RoIs only (no background loss where unlabeled lesions may hide) and
+  divided by the number of sampled RoIs as in eq. 1, box and mask losses unchanged, no IoU-head
+  losses.
 * each returned loss term is ``sup + beta * semi`` (eq. 5).
 * inference: after NMS the final boxes are pooled again and go through both heads; every result
   dict carries ``box_iou`` (b), ``mask_iou`` (m) and ``class_probs`` beside torchvision's keys.
@@ -50,34 +53,99 @@ def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return inter / union.clamp(min=1e-6)
 
 
-def mask_iou_targets(mask_probs: Tensor, gt_masks: Tensor, threshold: float) -> Tensor:
-    """IoU of predicted masks binarized at ``threshold`` with the RoI-projected ground truth.
+def mask_area_ratios(gt_masks: Tensor, boxes: Tensor, matched_idxs: Tensor) -> Tensor:
+    """Share of each matched ground-truth mask's area that lies inside its RoI.
+
+    A pixel (row r, column c) counts as inside ``(x1, y1, x2, y2)`` when its center
+    ``(c + 0.5, r + 0.5)`` does, as RoIAlign samples it.
+
+    Args:
+        gt_masks (Tensor[G, H, W]): the image's ground-truth masks (0/1).
+        boxes (FloatTensor[N, 4]): RoIs in the same pixel frame.
+        matched_idxs (Int64Tensor[N]): the ground truth each RoI is matched to.
+
+    Returns:
+        FloatTensor[N] in [0, 1]; 0 where the ground-truth mask is empty.
+    """
+    if boxes.numel() == 0:
+        return boxes.new_zeros(0, dtype=torch.float32)
+    masks = (gt_masks > 0).to(torch.float64)
+    height, width = masks.shape[-2:]
+    # integral image with a zero row and column in front: S[r, c] = sum of masks[:r, :c]
+    integral = F.pad(masks.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    b = boxes.detach().to(torch.float64)
+    x1 = torch.ceil(b[:, 0] - 0.5).clamp(0, width).long()
+    y1 = torch.ceil(b[:, 1] - 0.5).clamp(0, height).long()
+    x2 = torch.ceil(b[:, 2] - 0.5).clamp(0, width).long()
+    y2 = torch.ceil(b[:, 3] - 0.5).clamp(0, height).long()
+    x2, y2 = torch.maximum(x2, x1), torch.maximum(y2, y1)
+    idx = matched_idxs.long()
+    inside = integral[idx, y2, x2] - integral[idx, y1, x2] - integral[idx, y2, x1] + integral[idx, y1, x1]
+    total = integral[idx, -1, -1]
+    return torch.where(total > 0, inside / total.clamp(min=1.0), torch.zeros_like(total)).float()
+
+
+def mask_iou_targets(mask_probs: Tensor, gt_in_roi: Tensor, area_ratios: Tensor, threshold: float) -> Tensor:
+    """IoU of each predicted mask, binarized at ``threshold``, with its WHOLE ground-truth mask.
+
+    The prediction lives on the RoI's M x M grid, so the part of the ground truth outside the
+    RoI is invisible there; as in Mask Scoring R-CNN, its area is restored from the share of the
+    ground-truth area inside the RoI (:func:`mask_area_ratios`): in grid units the whole ground
+    truth covers ``area(gt in RoI) / ratio``. A RoI over 60% of a lesion with a perfect in-box
+    mask thus gets 0.6, not 1.0.
 
     Args:
         mask_probs (FloatTensor[N, M, M]): predicted mask probabilities of the target class.
-        gt_masks (FloatTensor[N, M, M]): ground truth projected onto the same RoIs (0..1).
+        gt_in_roi (FloatTensor[N, M, M]): ground truth projected onto the same RoIs (0..1).
+        area_ratios (FloatTensor[N]): share of each ground-truth mask inside its RoI.
         threshold: binarization threshold of the prediction (0.3 in the paper).
 
     Returns:
-        FloatTensor[N]: IoU in [0, 1]; 0 where both masks are empty.
+        FloatTensor[N]: IoU in [0, 1]; 0 where the ground truth is not inside the RoI at all.
     """
-    pred = mask_probs >= threshold
-    gt = gt_masks >= 0.5
-    inter = (pred & gt).flatten(1).sum(1).float()
-    union = (pred | gt).flatten(1).sum(1).float()
-    return inter / union.clamp(min=1.0)
+    pred = (mask_probs >= threshold).float()
+    gt = (gt_in_roi >= 0.5).float()
+    inter = (pred * gt).flatten(1).sum(1)
+    pred_area = pred.flatten(1).sum(1)
+    ratio = area_ratios.float()
+    gt_full = torch.where(ratio > 0, gt.flatten(1).sum(1) / ratio.clamp(min=1e-6), torch.zeros_like(ratio))
+    union = pred_area + gt_full - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=1e-6), torch.zeros_like(union))
+    return iou.clamp(0.0, 1.0)
+
+
+def regressed_box_iou_targets(box_coder: Any, deltas: Tensor, proposals: Tensor, gt_boxes: Tensor) -> Tensor:
+    """Eq. 1's box-IoU target: IoU of each regressed box with its matched ground truth, in fp32.
+
+    Under autocast the box deltas come out in bf16/fp16, whose spacing near x = 400 is 2 px: a
+    12 x 11 px lesion's IoU would be off by tens of percent. Decoding and IoU run in fp32.
+
+    Args:
+        box_coder: the RoI heads' ``BoxCoder``.
+        deltas (Tensor[N, 4]): regression of each RoI for its matched class (any float dtype).
+        proposals (Tensor[N, 4]), gt_boxes (Tensor[N, 4]): the RoIs and their matched boxes.
+
+    Returns:
+        FloatTensor[N] (float32), detached.
+    """
+    pred = box_coder.decode_single(deltas.detach().float(), proposals.detach().float())
+    return paired_box_iou(pred, gt_boxes.detach().float()).detach()
 
 
 def positive_only_classification_loss(class_logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross entropy over positive RoIs only (eq. 4: p_i^* L_cls, averaged over positives).
+    """Eq. 4's RoI classification term: ``(1 / N_cls) * sum_i p_i^* L_cls``.
+
+    Cross entropy summed over the positive RoIs only (no background loss where unlabeled lesions
+    may hide) and divided by the number of sampled RoIs N_cls, positives and negatives alike, as
+    in eq. 1: beta then weighs a pseudo image as the paper means, not by 1 / (positive share).
 
     Args:
         class_logits (FloatTensor[R, C]), labels (Int64Tensor[R]): sampled RoIs, 0 = background.
     """
     pos = labels > 0
-    if not bool(pos.any()):
+    if labels.numel() == 0 or not bool(pos.any()):
         return class_logits.sum() * 0
-    return F.cross_entropy(class_logits[pos], labels[pos])
+    return F.cross_entropy(class_logits[pos], labels[pos], reduction="sum") / labels.numel()
 
 
 def iou_head_loss(pred: Tensor, target: Tensor) -> Tensor:
@@ -163,14 +231,14 @@ class TSPRoIHeads(RoIHeads):
         pos_sup = [torch.where(labels[i] > 0)[0] for i in sup]
         n_cls = class_logits.shape[1]
         if sup and sum(int(p.numel()) for p in pos_sup) > 0:
-            feats, pred_boxes, gt_boxes = [], [], []
+            feats, targets_b = [], []
             for i, pos in zip(sup, pos_sup):
                 lbl = labels[i][pos]
                 deltas = reg_i[i][pos].reshape(-1, n_cls, 4)[torch.arange(pos.numel()), lbl]
-                pred_boxes.append(self.box_coder.decode_single(deltas.detach(), proposals[i][pos]))
-                gt_boxes.append(targets[i]["boxes"][matched_idxs[i][pos]].to(deltas.dtype))
+                gt = targets[i]["boxes"][matched_idxs[i][pos]]
+                targets_b.append(regressed_box_iou_targets(self.box_coder, deltas, proposals[i][pos], gt))
                 feats.append(roi_i[i][pos])
-            target_b = paired_box_iou(torch.cat(pred_boxes), torch.cat(gt_boxes)).detach()
+            target_b = torch.cat(targets_b)
             loss_box_iou = iou_head_loss(self.box_iou_head(torch.cat(feats)), target_b)
         else:
             loss_box_iou = self.box_iou_head(box_roi[:1]).sum() * 0
@@ -207,12 +275,15 @@ class TSPRoIHeads(RoIHeads):
         sup_with_pos = [i for i in sup if m_counts[i] > 0]
         if sup_with_pos:
             size = mask_logits.shape[-1]
-            probs, gts = [], []
+            probs, gts, ratios = [], [], []
             for i in sup_with_pos:
                 lbl = gt_labels[i][pos_matched[i]]
-                probs.append(mlog_i[i][torch.arange(lbl.numel()), lbl].sigmoid())
-                gts.append(project_masks_on_boxes(gt_masks[i], mask_proposals[i], pos_matched[i], size))
-            target_m = mask_iou_targets(torch.cat(probs).detach(), torch.cat(gts), self.mask_threshold)
+                probs.append(mlog_i[i][torch.arange(lbl.numel()), lbl].float().sigmoid())
+                gts.append(project_masks_on_boxes(gt_masks[i], mask_proposals[i], pos_matched[i], size).float())
+                ratios.append(mask_area_ratios(gt_masks[i], mask_proposals[i], pos_matched[i]))
+            target_m = mask_iou_targets(
+                torch.cat(probs).detach(), torch.cat(gts), torch.cat(ratios), self.mask_threshold
+            ).detach()
             loss_mask_iou = iou_head_loss(self.mask_iou_head(_cat(mroi_i, sup_with_pos)), target_m)
         else:
             # No positive labeled RoI: keep every parameter in the graph (DDP), contribute zero.

@@ -1,7 +1,7 @@
 """Region proposal network with the pseudo-label rule of eq. 4 for the objectness loss.
 
 For a pseudo-labeled image (``target["pseudo"]`` true) the RPN classification loss counts
-positive anchors only: instances the model was not confident about were dropped from the pseudo
+positive anchors only (summed, then divided by the number of sampled anchors as in eq. 1): instances the model was not confident about were dropped from the pseudo
 labels, so "background" there may hide a lesion. Box regression is unchanged. Each loss term is
 ``sup + beta * semi`` (eq. 5).
 """
@@ -34,7 +34,9 @@ class TSPRegionProposalNetwork(RegionProposalNetwork):
     def semi_loss(
         self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]
     ) -> tuple[Tensor, Tensor]:
-        """Eq. 4 for the RPN: objectness BCE on sampled positive anchors only; box loss as usual.
+        """Eq. 4 for the RPN: ``(1 / N_cls) * sum_i p_i^* L_cls`` (objectness BCE summed over the
+        sampled positive anchors, divided by all sampled anchors, as eq. 1 normalizes); box loss
+        as usual.
 
         Args:
             objectness (FloatTensor[A_total, 1]), pred_bbox_deltas (FloatTensor[A_total, 4]):
@@ -53,7 +55,10 @@ class TSPRegionProposalNetwork(RegionProposalNetwork):
         box_loss = F.smooth_l1_loss(
             pred_bbox_deltas[pos], regression_targets[pos], beta=1 / 9, reduction="sum"
         ) / max(num_sampled, 1)
-        objectness_loss = F.binary_cross_entropy_with_logits(objectness[pos], torch.ones_like(objectness[pos]))
+        # eq. 4: p_i^* L_cls summed over the positives, divided by all sampled anchors (N_cls)
+        objectness_loss = F.binary_cross_entropy_with_logits(
+            objectness[pos], torch.ones_like(objectness[pos]), reduction="sum"
+        ) / max(num_sampled, 1)
         return objectness_loss, box_loss
 
     def forward(
