@@ -29,14 +29,15 @@ import torch
 from label_studio_ml.model import LabelStudioMLBase
 
 from tsp_backend.images import ImageFetcher, ImageFetchError
-from tsp_backend.regions import RegionInstance, TagTarget, parse_label_config, prediction_for_task
+from tsp_backend.regions import TagTarget, parse_label_config, prediction_for_task
 from tsp_model.data.image_io import to_tensor
 from tsp_model.engine.checkpoint import CheckpointError, LoadedModel, latest_checkpoint, load_model
 from tsp_model.engine.predict import predict_images
+from tsp_model.records import ImageScore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointWatcher", "TSPBackend", "infer_instances", "NO_CHECKPOINT_VERSION"]
+__all__ = ["CheckpointWatcher", "TSPBackend", "infer_record", "NO_CHECKPOINT_VERSION"]
 
 NO_CHECKPOINT_VERSION = "no-checkpoint"
 
@@ -109,20 +110,17 @@ class CheckpointWatcher:
             return self._loaded
 
 
-def infer_instances(loaded: LoadedModel, image: np.ndarray) -> list[RegionInstance]:
-    """Run the model on one ``float32 [H, W, 3]`` image; instances with c, b, m, s and a bool mask.
+def infer_record(loaded: LoadedModel, image: np.ndarray) -> ImageScore:
+    """Run the model on one ``float32 [H, W, 3]`` image: its score record (every detection with
+    c, b, m, s and an RLE mask; S under the checkpoint's ``[active]`` thresholds).
 
     Goes through ``tsp_model.engine.predict.predict_images``, the same code that scores the pool
     for ``tsp-sync``, so served and pushed predictions hold the same numbers and masks.
     """
-    records, masks = predict_images(
-        loaded.model, [to_tensor(image)], loaded.class_names,
-        model_version=loaded.model_version, store_masks=False,
-    )
-    return [
-        RegionInstance(category=i.category, c=i.c, b=i.b, m=i.m, s=i.s, mask=masks[0][k])
-        for k, i in enumerate(records[0].instances)
-    ]
+    return predict_images(
+        loaded.model, [to_tensor(image)], loaded.class_names, loaded.config.active,
+        model_version=loaded.model_version,
+    )[0]
 
 
 class TSPBackend(LabelStudioMLBase):
@@ -159,7 +157,7 @@ class TSPBackend(LabelStudioMLBase):
                            self.model_dir, len(tasks))
             return []
         version = self.loaded.model_version
-        empty_score = self.loaded.config.active.empty_image_score
+        show_threshold = self.loaded.config.active.show_threshold
         predictions = []
         for task in tasks:
             task_id = task.get("id")
@@ -169,10 +167,9 @@ class TSPBackend(LabelStudioMLBase):
                     raise ImageFetchError(f"task data has no {self.target.value_key!r} key (the Image tag's value)")
                 image = self.fetcher.read(url)
                 with self.watcher.infer_lock:
-                    instances = infer_instances(self.loaded, image)
-                h, w = image.shape[:2]
+                    record = infer_record(self.loaded, image)
                 predictions.append(
-                    prediction_for_task(instances, self.target, w, h, model_version=version, empty_score=empty_score)
+                    prediction_for_task(record, self.target, model_version=version, show_threshold=show_threshold)
                 )
             except ImageFetchError as exc:
                 logger.error("task %s: no prediction: %s", task_id, exc)

@@ -11,22 +11,20 @@ One small class per control tag turns one instance into that tag's region:
   of the image width and height.
 
 Every region carries ``score = s`` (eq. 2) and ``meta.text`` showing ``c``, ``b`` and ``m``; the
-prediction carries ``score = S`` (eq. 3) computed over the regions it actually holds, so the
-stored prediction score always equals ``image_score`` of the stored region scores. An instance
-whose binary mask is empty, or whose class is not among the config's labels, gets no region and
-so does not enter that ``S`` (with a trained model and the project's full label set this is
-rare, and then ``S`` equals the pool record's ``S``).
+prediction carries ``score = S_i``, exactly the score record's (eq. 3 over the scored instances,
+``active.score_threshold``), whatever regions are shown: the queue Label Studio serves is the
+queue TSP computed. Regions are the *shown* set only (``c >= active.show_threshold``): a wrong
+region costs a radiologist a click to delete; every detection stays in the score file.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from tsp_model.scoring import image_score
 
 __all__ = [
     "BrushRegions",
@@ -146,8 +144,8 @@ class BrushRegions(_Regions):
 class PolygonRegions(_Regions):
     """PolygonLabels: outer contour of the largest connected part, points in percent.
 
-    Only one polygon per instance: one region per instance keeps ``S`` = ``image_score`` of the
-    region scores. Small satellite blobs of a mask are dropped.
+    Only one polygon per instance (one region per detection, as with brushes); small satellite
+    blobs of a mask are dropped.
     """
 
     type = "polygonlabels"
@@ -237,47 +235,44 @@ def instances_from_record(record: Any) -> list[RegionInstance]:
 
 
 def prediction_for_task(
-    instances: Iterable[RegionInstance] | Any,
+    record: Any,
     target: TagTarget,
-    width: int | None = None,
-    height: int | None = None,
     *,
     model_version: str,
-    empty_score: float = 1.0,
+    show_threshold: float,
+    score: float | None = None,
+    cluster: int | None = None,
 ) -> dict[str, Any]:
-    """Build one task's prediction: ``{"result": [...], "score": S, "model_version": v}``.
+    """One task's prediction: ``{"result": [...], "score": S_i, "model_version": v[, "cluster": k]}``.
 
     Args:
-        instances: RegionInstance items, or an ``ImageScore`` record (width/height then default
-            to the record's).
+        record: the image's :class:`~tsp_model.records.ImageScore` (every detection, masks as
+            COCO RLE, ``S`` the image score).
         target: from :func:`parse_label_config`.
-        width, height: the original image size in pixels.
-        model_version: the checkpoint's version string.
-        empty_score: S when no region is produced (eq. 3's empty case, ``ActiveConfig``).
+        model_version: the version string the prediction is stored under.
+        show_threshold: a detection becomes a region when ``c >= show_threshold``
+            (``active.show_threshold``): the shown set, what a radiologist is asked to correct.
+            Every detection stays in the score file whatever is shown.
+        score: the prediction's score; default the record's ``S`` exactly (another strategy
+            passes its queue value). Never recomputed from the shown regions.
+        cluster: Label Studio's per-annotator grouping for Uncertainty sampling (omitted: none).
 
-    Instances whose category is not one of the config's labels are left out (the project does
-    not ask for that class). ``score`` is eq. 3 over the emitted regions' ``s``.
+    A shown instance whose category is not among the config's labels, or whose mask has
+    nothing to draw, gets no region.
     """
-    if hasattr(instances, "instances") and hasattr(instances, "width"):
-        record = instances
-        width = record.width if width is None else width
-        height = record.height if height is None else height
-        instances = instances_from_record(record)
-    if width is None or height is None:
-        raise ValueError("prediction_for_task needs the image width and height")
-    shaper = REGION_CLASSES[target.tag](target, width, height)
+    shaper = REGION_CLASSES[target.tag](target, record.width, record.height)
     wanted = set(target.labels)
     result: list[dict] = []
-    scores: list[float] = []
-    for inst in instances:
-        if inst.category not in wanted:
+    for inst in instances_from_record(record):
+        if inst.c < show_threshold or inst.category not in wanted:
             continue
         region = shaper.region(inst, region_id=f"tsp{len(result)}")
-        if region is None:
-            continue
-        result.append(region)
-        scores.append(float(inst.s))
-    S = float(image_score(np.asarray(scores, dtype=np.float64), empty_score=empty_score))
-    if not math.isfinite(S):
-        S = float(empty_score)
-    return {"result": result, "score": S, "model_version": model_version}
+        if region is not None:
+            result.append(region)
+    value = float(record.S if score is None else score)
+    if not math.isfinite(value):
+        raise ValueError(f"image {record.image_id!r}: prediction score {value} is not finite; rescore the pool")
+    pred: dict[str, Any] = {"result": result, "score": value, "model_version": model_version}
+    if cluster is not None:
+        pred["cluster"] = int(cluster)
+    return pred

@@ -92,7 +92,7 @@ def scoring(args) -> dict:
             t = timed(fn)
             if r:  # the first round warms up allocators
                 times[name].append(t / args.batch)
-    recs, _ = predict_images(drop, images, NAMES, amp=False)
+    recs = predict_images(drop, images, NAMES, amp=False)
     return {
         "seconds_per_image_median": {k: statistics.median(v) for k, v in times.items()},
         "seconds_per_image_all": times,

@@ -158,14 +158,14 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
     """
     from tsp_cli.retrain import score_snapshot_pool
     from tsp_model.engine.checkpoint import load_checkpoint
-    from tsp_model.records import read_jsonl
+    from tsp_model.records import read_jsonl, rescore, write_jsonl
     from tsp_model.strategies import get_strategy, priority_scores, scoring_options
 
     strategy = resolve_strategy(cfg)
     check_checkpoint_supports(strategy, load_checkpoint(checkpoint), checkpoint)
     path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, progress=progress)
     records = read_jsonl(path)
-    strat = get_strategy(strategy)
+    strat = get_strategy(strategy, cfg.active)
     opts = scoring_options(strat, cfg.active.mc_passes)
     if _missing_extras(records, opts, strat.needs):
         # the reused score file was written for another strategy: score again with its data
@@ -173,6 +173,11 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
         items = [(t["task_id"], snap.image_dir / t["file_name"], t["file_name"]) for t in pool]
         _score_items(checkpoint, cfg, items, path, embeddings=None, mc_passes=None, progress=progress)
         records = read_jsonl(path)
+    # a reused score file keeps every detection: S_i follows the current thresholds without
+    # new inference, and the file is rewritten so that it always holds the S_i that is pushed
+    records, changed = rescore(records, cfg.active)
+    if changed:
+        write_jsonl(path, records)
 
     if strategy == DEFAULT_STRATEGY:
         priority = {int(r.image_id): float(r.S) for r in records}
@@ -194,18 +199,19 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
                      scores_path=path, records=records, priority=priority)
 
 
-def queue_predictions(queue: PoolQueue, target: Any, empty_score: float = 1.0) -> dict[int, dict[str, Any]]:
-    """``{task id: prediction}``: the backend's regions (``tsp_backend.regions.prediction_for_task``)
-    under ``queue.queue_version``; for strategies other than ``tsp`` the prediction's ``score``
-    is the task's priority instead of ``S_i``."""
+def queue_predictions(queue: PoolQueue, target: Any, show_threshold: float) -> dict[int, dict[str, Any]]:
+    """``{task id: prediction}``: the backend's regions (``tsp_backend.regions.prediction_for_task``:
+    the shown set, ``c >= show_threshold``) under ``queue.queue_version``; the prediction's
+    ``score`` is the record's ``S_i`` exactly for ``tsp``, the task's priority for any other
+    strategy."""
     from tsp_backend.regions import prediction_for_task
 
     out = {}
     for rec in queue.records:
-        pred = prediction_for_task(rec, target, model_version=queue.queue_version, empty_score=empty_score)
-        if queue.strategy != DEFAULT_STRATEGY:
-            pred["score"] = queue.priority[int(rec.image_id)]
-        out[int(rec.image_id)] = pred
+        score = None if queue.strategy == DEFAULT_STRATEGY else queue.priority[int(rec.image_id)]
+        out[int(rec.image_id)] = prediction_for_task(
+            rec, target, model_version=queue.queue_version, show_threshold=show_threshold, score=score
+        )
     return out
 
 

@@ -178,7 +178,7 @@ def score(
         queue = pool_queue(workdir, snap, checkpoint, cfg, progress=progress)
     except ConfigError as exc:
         raise ConfigError(f"project {settings.name!r}: {exc}") from None
-    predictions = queue_predictions(queue, target, empty_score=cfg.active.empty_image_score)
+    predictions = queue_predictions(queue, target, show_threshold=cfg.active.show_threshold)
     version = queue.queue_version
     pushed = push_predictions(client, project, predictions, version, batch_size=settings.push_batch, progress=progress)
     S = {int(r.image_id): float(r.S) for r in queue.records}

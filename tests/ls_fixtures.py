@@ -52,13 +52,16 @@ def make_tiny_checkpoint(
     mtime: float | None = None,
 ) -> Path:
     """Write an untrained tiny_fpn checkpoint (arbitrary but deterministic detections)."""
-    from tsp_model.config import ModelConfig, TSPConfig
+    from tsp_model.config import ActiveConfig, ModelConfig, TSPConfig
     from tsp_model.engine.checkpoint import save_checkpoint
     from tsp_model.model import build_model
 
     torch.manual_seed(seed)
+    # an untrained model's c is about 1 / (classes + 1): score and show every detection, so tests
+    # always have regions and scored instances to check
     cfg = TSPConfig(model=ModelConfig(backbone="tiny_fpn", min_size=size, max_size=size,
-                                      box_score_thresh=0.0, box_detections_per_img=detections))
+                                      box_score_thresh=0.0, box_detections_per_img=detections),
+                    active=ActiveConfig(score_threshold=0.0, show_threshold=0.0))
     model = build_model(cfg.model, num_classes=len(class_names) + 1)
     with torch.no_grad():
         # untrained mask logits hover around 0 and binarize to empty masks; a positive bias

@@ -17,7 +17,6 @@ from tests.ls_fixtures import (
     write_png,
 )
 from tsp_backend.server import create_app
-from tsp_model.scoring import image_score
 
 
 @pytest.fixture
@@ -60,7 +59,9 @@ def test_setup_errors_name_the_tag_and_the_labels(app_dir):
 
 @pytest.mark.parametrize("config", [BRUSH_CONFIG, POLYGON_CONFIG], ids=["brush", "polygon"])
 def test_predict_with_tiny_checkpoint(app_dir, tmp_path, config):
-    from tsp_backend.model import CheckpointWatcher, infer_instances
+    from pycocotools import mask as mask_utils
+
+    from tsp_backend.model import CheckpointWatcher, infer_record
     from tsp_model.data.image_io import read_image
 
     make_tiny_checkpoint(app_dir)
@@ -74,9 +75,12 @@ def test_predict_with_tiny_checkpoint(app_dir, tmp_path, config):
     assert pred["model_version"] == "tsp-test-v1"
     regions = pred["result"]
     assert regions, "box_score_thresh 0 should give regions"
-    assert pred["score"] == pytest.approx(float(image_score([r["score"] for r in regions])))
-    expected = [i for i in infer_instances(CheckpointWatcher.for_dir(app_dir).current(), read_image(img))
-                if i.mask.any()]
+    record = infer_record(CheckpointWatcher.for_dir(app_dir).current(), read_image(img))
+    assert pred["score"] == pytest.approx(record.S)  # the score record's S_i, as tsp-sync pushes it
+    expected = [i for i in record.instances
+                if mask_utils.area({"size": i.mask["size"], "counts": i.mask["counts"].encode()}) > 0]
+    for inst in expected:
+        inst.mask = mask_utils.decode({"size": inst.mask["size"], "counts": inst.mask["counts"].encode()}) > 0
     if config is BRUSH_CONFIG:
         assert len(regions) == len(expected)
         for reg, inst in zip(regions, expected):

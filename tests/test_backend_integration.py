@@ -20,7 +20,6 @@ from tests.ls_fixtures import (
     png_bytes,
     write_png,
 )
-from tsp_model.scoring import image_score
 
 pytestmark = pytest.mark.integration
 
@@ -56,16 +55,20 @@ def _retrieve_predictions(label_studio, client, project_id: int) -> None:
 
 def _local_expected(backend, image: bytes, config: str):
     """What the backend computes for these bytes: the same checkpoint, the same code path."""
-    from tsp_backend.model import CheckpointWatcher, infer_instances
+    from pycocotools import mask as mask_utils
+
+    from tsp_backend.model import CheckpointWatcher, infer_record
     from tsp_backend.regions import parse_label_config, prediction_for_task
     from tsp_model.data.image_io import read_image
 
     loaded = CheckpointWatcher.for_dir(backend["model_dir"], device="cpu").current()
-    arr = read_image(image)
-    h, w = arr.shape[:2]
-    instances = infer_instances(loaded, arr)
+    record = infer_record(loaded, read_image(image))
     target = parse_label_config(config, loaded.class_names)
-    return instances, prediction_for_task(instances, target, w, h, model_version=loaded.model_version)
+    expected = prediction_for_task(record, target, model_version=loaded.model_version,
+                                   show_threshold=loaded.config.active.show_threshold)
+    for inst in record.instances:  # pixel masks for comparison
+        inst.mask = mask_utils.decode({"size": inst.mask["size"], "counts": inst.mask["counts"].encode()}) > 0
+    return record, expected
 
 
 def _predictions(client, task_id: int):
@@ -93,13 +96,12 @@ def test_brush_project_uploads_and_local_files(label_studio, ls_client, tsp_back
         preds = _predictions(ls_client, task.id)
         assert len(preds) == 1, f"task {task.id}: {preds}"
         pred = preds[0]
-        instances, expected = _local_expected(backend, data, BRUSH_CONFIG)
+        record, expected = _local_expected(backend, data, BRUSH_CONFIG)
         assert pred.model_version == "tsp-test-v1"
         regions = pred.result
         assert len(regions) == len(expected["result"]) > 0
-        assert pred.score == pytest.approx(float(image_score([r["score"] for r in regions])), abs=1e-6)
-        assert pred.score == pytest.approx(expected["score"], abs=1e-6)
-        drawn = [i for i in instances if i.mask.any()]
+        assert pred.score == pytest.approx(record.S, abs=1e-6)  # the score record's S_i
+        drawn = [i for i in record.instances if i.mask.any()]
         for region, inst in zip(regions, drawn):
             assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == [inst.category]
             mask = decode_rle(region["value"]["rle"]).reshape(64, 64, 4)[:, :, 3] > 0

@@ -1,19 +1,12 @@
 """Region shapes: brush RLE round trip, polygon percent points, scores, label config parsing."""
 
-import math
-
 import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from pycocotools import mask as mask_utils
 
-from tsp_backend.regions import (
-    LabelConfigError,
-    RegionInstance,
-    meta_text,
-    parse_label_config,
-    prediction_for_task,
-)
+from tsp_backend.regions import LabelConfigError, meta_text, parse_label_config, prediction_for_task
+from tsp_model.records import ImageScore, InstanceScore
 
 BRUSH = """<View><Image name="ct" value="$image"/>
 <BrushLabels name="lesion" toName="ct"><Label value="epidural"/><Label value="subdural"/></BrushLabels></View>"""
@@ -25,6 +18,19 @@ def _rect_mask(h=10, w=20):
     mask = np.zeros((h, w), dtype=bool)
     mask[2:5, 3:7] = True  # rows 2..4, cols 3..6
     return mask
+
+
+def _rle(mask):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _record(instances, S=0.42, w=20, h=10):
+    """A score record holding ``(category, c, b, m, s, mask)`` detections."""
+    insts = [InstanceScore(label=1, category=cat, box=[0, 0, 1, 1], c=c, b=b, m=m, s=s_, mask=_rle(mask))
+             for cat, c, b, m, s_, mask in instances]
+    return ImageScore(image_id=1, file_name="a.png", width=w, height=h, S=S, instances=insts, model_version="v")
 
 
 def test_parse_label_config_finds_tag_and_value_key():
@@ -48,8 +54,8 @@ def test_parse_label_config_errors_name_tag_and_labels():
 def test_brush_region_rle_round_trip_and_scores():
     target = parse_label_config(BRUSH)
     mask = _rect_mask()
-    inst = RegionInstance("subdural", c=0.974, b=0.912, m=0.85, s=0.5, mask=mask)
-    pred = prediction_for_task([inst], target, 20, 10, model_version="v1")
+    pred = prediction_for_task(_record([("subdural", 0.974, 0.912, 0.85, 0.5, mask)]), target,
+                               model_version="v1", show_threshold=0.5)
     (r,) = pred["result"]
     assert r["type"] == "brushlabels" and r["from_name"] == "lesion" and r["to_name"] == "ct"
     assert (r["original_width"], r["original_height"]) == (20, 10)
@@ -58,56 +64,50 @@ def test_brush_region_rle_round_trip_and_scores():
     np.testing.assert_array_equal(decoded, mask.astype(np.uint8) * 255)
     assert r["score"] == 0.5
     assert r["meta"]["text"] == ["c 0.97 · b 0.91 · m 0.85"]
-    # a single region: S = s (std 0)
-    assert pred["score"] == pytest.approx(0.5) and pred["model_version"] == "v1"
+    assert pred["score"] == 0.42 and pred["model_version"] == "v1"  # the record's S_i, not the region's s
+    assert "cluster" not in pred
 
 
 def test_polygon_points_in_percent():
     target = parse_label_config(POLY)
-    inst = RegionInstance("epidural", c=0.9, b=0.8, m=0.7, s=0.6, mask=_rect_mask())
-    (r,) = prediction_for_task([inst], target, 20, 10, model_version="v")["result"]
+    rec = _record([("epidural", 0.9, 0.8, 0.7, 0.6, _rect_mask())])
+    (r,) = prediction_for_task(rec, target, model_version="v", show_threshold=0.5)["result"]
     assert r["type"] == "polygonlabels" and r["value"]["polygonlabels"] == ["epidural"]
     # corners of the 4x3 block at x 3..6, y 2..4 in a 20 x 10 image, as % of width / height
     got = sorted(map(tuple, r["value"]["points"]))
     assert got == sorted([(15.0, 20.0), (15.0, 40.0), (30.0, 40.0), (30.0, 20.0)])
 
 
-def test_image_score_over_emitted_regions_and_label_filter():
+def test_only_the_shown_set_becomes_regions_and_the_score_is_the_records_S():
     target = parse_label_config(POLY)  # only "epidural"
-    brush = parse_label_config(BRUSH)
-    empty = RegionInstance("epidural", 0.9, 0.9, 0.9, s=0.2, mask=np.zeros((10, 20), bool))
-    assert prediction_for_task([empty], brush, 20, 10, model_version="v")["result"] == []
     mask = _rect_mask()
-    insts = [
-        RegionInstance("epidural", 0.9, 0.9, 0.9, s=0.5, mask=mask),
-        RegionInstance("epidural", 0.9, 0.9, 0.9, s=0.7, mask=mask),
-        RegionInstance("subdural", 0.9, 0.9, 0.9, s=0.1, mask=mask),  # not in the config: left out
-        RegionInstance("epidural", 0.9, 0.9, 0.9, s=0.2, mask=np.zeros((10, 20), bool)),  # nothing to draw
-    ]
-    pred = prediction_for_task(insts, target, 20, 10, model_version="v")
+    rec = _record([
+        ("epidural", 0.90, 0.9, 0.9, 0.5, mask),
+        ("epidural", 0.60, 0.9, 0.9, 0.7, mask),
+        ("epidural", 0.59, 0.9, 0.9, 0.1, mask),  # below the display threshold: score file only
+        ("subdural", 0.95, 0.9, 0.9, 0.1, mask),  # not in the config: left out
+        ("epidural", 0.95, 0.9, 0.9, 0.2, np.zeros((10, 20), bool)),  # nothing to draw
+    ], S=0.123)
+    pred = prediction_for_task(rec, target, model_version="v", show_threshold=0.6)
     assert [r["score"] for r in pred["result"]] == [0.5, 0.7]
-    # eq. 3 by hand: mean 0.6, population std 0.1
-    assert pred["score"] == pytest.approx(math.exp(-0.1) * 0.6)
     assert [r["id"] for r in pred["result"]] == ["tsp0", "tsp1"]
+    # whatever is shown, the prediction's score is exactly the score file's S_i
+    assert pred["score"] == 0.123
+    nothing = prediction_for_task(rec, target, model_version="v", show_threshold=0.99)
+    assert nothing == {"result": [], "score": 0.123, "model_version": "v"}
 
 
-def test_empty_prediction_gets_empty_score():
-    pred = prediction_for_task([], parse_label_config(BRUSH), 20, 10, model_version="v", empty_score=0.25)
-    assert pred == {"result": [], "score": 0.25, "model_version": "v"}
+def test_other_strategies_pass_their_queue_value_and_a_cluster():
+    rec = _record([("epidural", 0.9, 0.9, 0.9, 0.5, _rect_mask())], S=0.3)
+    pred = prediction_for_task(rec, parse_label_config(BRUSH), model_version="v+x", show_threshold=0.5,
+                               score=0.05, cluster=3)
+    assert pred["score"] == 0.05 and pred["cluster"] == 3
 
 
-def test_prediction_from_record_with_coco_rle():
-    from tsp_model.records import ImageScore, InstanceScore
-
-    mask = _rect_mask()
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    inst = InstanceScore(label=1, category="epidural", box=[3, 2, 7, 5], c=0.9, b=0.8, m=0.7, s=0.6, mask=rle)
-    rec = ImageScore(image_id=1, file_name="a.png", width=20, height=10, S=0.6, instances=[inst], model_version="v")
-    pred = prediction_for_task(rec, parse_label_config(BRUSH), model_version="v")
-    decoded = decode_rle(pred["result"][0]["value"]["rle"]).reshape(10, 20, 4)[:, :, 3]
-    np.testing.assert_array_equal(decoded > 0, mask)
-    assert pred["score"] == pytest.approx(0.6)
+def test_a_non_finite_score_is_refused():
+    rec = _record([], S=float("nan"))
+    with pytest.raises(ValueError, match="not finite"):
+        prediction_for_task(rec, parse_label_config(BRUSH), model_version="v", show_threshold=0.5)
 
 
 def test_meta_text_format():

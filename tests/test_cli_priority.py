@@ -68,9 +68,11 @@ def test_tsp_pushes_S_unchanged(project) -> None:
     assert q.strategy == "tsp" and q.queue_version == VERSION
     assert sorted(q.priority) == sorted(t["task_id"] for t in snap.pool())
     assert q.priority == {int(r.image_id): r.S for r in q.records}
-    preds = queue_predictions(q, _target())
-    for rec in q.records:  # exactly what the backend would serve
-        assert preds[int(rec.image_id)] == prediction_for_task(rec, _target(), model_version=VERSION)
+    preds = queue_predictions(q, _target(), show_threshold=0.0)
+    for rec in q.records:  # exactly what the backend would serve, the score exactly S_i
+        assert preds[int(rec.image_id)] == prediction_for_task(rec, _target(), model_version=VERSION,
+                                                               show_threshold=0.0)
+        assert preds[int(rec.image_id)]["score"] == rec.S
 
 
 def test_class_entropy_scores_follow_mean_entropy(project) -> None:
@@ -86,11 +88,11 @@ def test_class_entropy_scores_follow_mean_entropy(project) -> None:
     n = len(by_entropy)
     assert q.priority == {t: k / n for k, t in enumerate(by_entropy)}
 
-    preds = queue_predictions(q, _target())
+    preds = queue_predictions(q, _target(), show_threshold=0.0)
     assert min(preds, key=lambda t: preds[t]["score"]) == by_entropy[0]
     for rec in q.records:
         tid = int(rec.image_id)
-        served = prediction_for_task(rec, _target(), model_version=VERSION)
+        served = prediction_for_task(rec, _target(), model_version=VERSION, show_threshold=0.0)
         assert preds[tid]["result"] == served["result"]  # regions (s, c, b, m) untouched
         assert preds[tid]["model_version"] == f"{VERSION}+class_entropy"
         assert preds[tid]["score"] == pytest.approx(by_entropy.index(tid) / n)

@@ -142,8 +142,8 @@ def test_inference_reports_predicted_loss_and_predict_stores_it():
         outs = model(make_images(2))
     assert all(o["predicted_loss"].dim() == 0 for o in outs)
     assert {"boxes", "scores", "box_iou", "mask_iou", "class_probs"} <= outs[0].keys()
-    records, _ = predict_images(model, make_images(2), ["a", "b", "c"], amp=False)
+    records = predict_images(model, make_images(2), ["a", "b", "c"], amp=False)
     for rec, out in zip(records, outs):
         assert rec.extras["predicted_loss"] == pytest.approx(float(out["predicted_loss"]), rel=1e-6)
-    plain, _ = predict_images(tiny_model(seed=0), make_images(2), ["a", "b", "c"], amp=False)
+    plain = predict_images(tiny_model(seed=0), make_images(2), ["a", "b", "c"], amp=False)
     assert plain[0].extras == {}

@@ -90,9 +90,9 @@ def test_batched_passes_match_separate_passes_in_shape_and_distribution():
 def test_predict_with_mc_passes_and_embeddings_keeps_the_detections():
     model = tiny_model(seed=0, dropout=0.3, box_score_thresh=0.0, box_detections_per_img=6)
     images = make_images(2)
-    plain, _ = predict_images(model, images, NAMES, amp=False)
+    plain = predict_images(model, images, NAMES, amp=False)
     torch.manual_seed(0)
-    extra, _ = predict_images(model, images, NAMES, amp=False, mc_passes=4, embeddings=True)
+    extra = predict_images(model, images, NAMES, amp=False, mc_passes=4, embeddings=True)
     for a, b in zip(plain, extra):
         assert [i.to_json() for i in a.instances] == [i.to_json() for i in b.instances]
         assert a.S == b.S

@@ -7,7 +7,10 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from pathlib import Path
+
 from helpers import CLASS_NAMES, tiny_config, write_tiny_coco
+from tsp_model.config import ActiveConfig
 from tsp_model.engine.predict import PoolDataset, predict_images, score_pool
 from tsp_model.model import build_model
 from tsp_model.records import read_jsonl
@@ -40,8 +43,10 @@ class _Fixed(torch.nn.Module):
 
 def test_predict_images_scores_by_hand():
     images = [torch.zeros(3, 16, 20), torch.zeros(3, 16, 20)]
-    recs, masks = predict_images(_Fixed(), images, CLASS_NAMES, empty_image_score=0.7, model_version="v", image_ids=[5, 6])
-    a, b = recs
+    # both detections (c 0.9 and 0.8) reach the scoring threshold 0.5
+    a, b = predict_images(_Fixed(), images, CLASS_NAMES, ActiveConfig(score_threshold=0.5, empty_image_rule="constant",
+                                                                      empty_image_score=0.7),
+                          model_version="v", image_ids=[5, 6])
     # eq. 2: (0.9, 0.6, 0.3) has mean 0.6 and population std sqrt(0.06); (0.8, 0.8, 0.8) gives 0.8
     s1 = math.exp(-math.sqrt(0.06)) * 0.6
     assert [i.s for i in a.instances] == pytest.approx([s1, 0.8])
@@ -52,10 +57,72 @@ def test_predict_images_scores_by_hand():
     assert [i.category for i in a.instances] == ["box", "disk"]
     assert a.instances[0].entropy == pytest.approx(-(0.1 * math.log(0.1) + 0.9 * math.log(0.9)))
     assert (a.width, a.height, a.image_id, a.model_version) == (20, 16, 5, "v")
-    assert masks[0].shape == (2, 16, 20) and masks[0][0].sum() == 20 and masks[0][1].sum() == 0
     rle = a.instances[0].mask
     assert rle["size"] == [16, 20] and isinstance(rle["counts"], str)
     assert mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) == 20
+    assert mask_utils.area({"size": [16, 20], "counts": a.instances[1].mask["counts"].encode()}) == 0
+
+
+def test_only_scored_instances_enter_eq3_and_every_detection_is_kept():
+    images = [torch.zeros(3, 16, 20), torch.zeros(3, 16, 20)]
+    # threshold 0.85: only the c = 0.9 detection is scored, S = its s; both stay in the record
+    a, b = predict_images(_Fixed(), images, CLASS_NAMES, ActiveConfig(score_threshold=0.85), amp=False)
+    assert a.S == pytest.approx(math.exp(-math.sqrt(0.06)) * 0.6)
+    assert len(a.instances) == 2
+    # no detection at all: the "max_c" rule gives 1 - 0 = 1.0 (certain: nothing was even suspected)
+    assert b.S == 1.0
+    # threshold 0.95: nothing scored; the best candidate had c = 0.9, so S = 1 - 0.9
+    a, _ = predict_images(_Fixed(), images, CLASS_NAMES, ActiveConfig(score_threshold=0.95), amp=False)
+    assert a.S == pytest.approx(0.1)
+
+
+def test_paste_mask_rle_matches_torchvisions_full_size_paste():
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from tsp_model.engine.predict import paste_mask_rle
+
+    g = torch.Generator().manual_seed(0)
+    h, w = 70, 90
+    boxes = torch.tensor([[3.2, 4.7, 40.1, 30.9], [0.0, 0.0, 90.0, 70.0], [60.5, 50.2, 89.9, 69.8],
+                          [10.0, 10.0, 11.0, 12.0], [-5.0, 30.0, 20.0, 80.0]])
+    probs = torch.rand(len(boxes), 1, 28, 28, generator=g)
+    full = paste_masks_in_image(probs, boxes, (h, w))[:, 0] > 0.5
+    canvas = np.zeros((h, w), dtype=np.uint8, order="F")
+    for k in range(len(boxes)):
+        rle = paste_mask_rle(probs[k], boxes[k], h, w, canvas)
+        got = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+        np.testing.assert_array_equal(got, full[k].numpy(), err_msg=f"box {k}")
+        assert not canvas.any()  # the shared buffer is clean for the next detection
+
+
+def test_large_slice_masks_do_not_need_full_size_pastes_at_once(tmp_path):
+    """A 4000 x 4000 slice with 100 detections: torchvision's postprocess would hold 100 float
+    images of 64 MB (6.4 GB); RLE pastes one detection at a time stay far below 1.5 GB."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, sys, torch
+        sys.path.insert(0, %r)
+        from helpers import CLASS_NAMES
+        from tsp_model.config import ActiveConfig, ModelConfig
+        from tsp_model.engine.predict import predict_images
+        from tsp_model.model import build_model
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(backbone="tiny_fpn", min_size=64, max_size=64, box_score_thresh=0.0,
+                                        box_detections_per_img=100), len(CLASS_NAMES) + 1)
+        with torch.no_grad():
+            model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(3.0)  # every mask fills its box
+        image = torch.rand(3, 4000, 4000)
+        (rec,) = predict_images(model, [image], CLASS_NAMES, ActiveConfig(), amp=False)
+        print(len(rec.instances), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """ % str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n, peak_mb = (int(v) for v in out.stdout.split())
+    assert n == 100
+    assert peak_mb < 1500, f"peak RSS {peak_mb} MB"
 
 
 def test_score_pool_writes_one_record_per_readable_image(tmp_path, caplog):
@@ -75,8 +142,10 @@ def test_score_pool_writes_one_record_per_readable_image(tmp_path, caplog):
     assert "broken.png" in caplog.text
     for r in recs:
         assert r.model_version == "m1" and (r.width, r.height) == (64, 64)
-        s = np.array([i.s for i in r.instances])
-        expected = math.exp(-s.std()) * s.mean() if len(s) else cfg.active.empty_image_score
+        scored = [i for i in r.instances if i.c >= cfg.active.score_threshold]
+        s = np.array([i.s for i in scored])
+        c_max = max((i.c for i in r.instances), default=0.0)
+        expected = math.exp(-s.std()) * s.mean() if len(s) else 1.0 - c_max  # the "max_c" rule
         assert r.S == pytest.approx(expected)
         for inst in r.instances:
             cbm = np.array([inst.c, inst.b, inst.m])

@@ -114,3 +114,18 @@ def test_invalid_record_names_file_line_and_key(tmp_path):
 def test_read_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_rescore_recomputes_S_from_the_stored_detections_without_inference():
+    from tsp_model.config import ActiveConfig
+    from tsp_model.records import rescore
+
+    inst = lambda c, s: InstanceScore(label=1, category="a", box=[0, 0, 1, 1], c=c, b=c, m=c, s=s)  # noqa: E731
+    recs = [ImageScore(1, "a.png", 4, 4, S=0.0, instances=[inst(0.9, 0.9), inst(0.3, 0.3)]),
+            ImageScore(2, "b.png", 4, 4, S=1.0, instances=[])]
+    out, changed = rescore(recs, ActiveConfig(score_threshold=0.5))
+    # image 1: only the c = 0.9 instance is scored -> S = its s (c = b = m = 0.9 -> s = 0.9)
+    assert out[0].S == pytest.approx(0.9) and out[1].S == 1.0 and changed == 1
+    out, changed = rescore(out, ActiveConfig(score_threshold=0.95))  # nothing scored: 1 - 0.9
+    assert out[0].S == pytest.approx(0.1) and changed == 1
+    assert recs[0].S == 0.0  # the input records are not modified

@@ -8,7 +8,9 @@ import torch
 
 from tsp_model.scoring import (
     class_entropy,
+    empty_image_score,
     image_score,
+    scored_image_score,
     instance_score,
     mean_class_entropy,
     pseudo_label_keep,
@@ -130,3 +132,33 @@ def test_mean_class_entropy():
     assert mean_class_entropy(torch.tensor(probs)) == pytest.approx(math.log(2), abs=1e-6)
     assert mean_class_entropy(np.zeros((0, 4))) == 0.0
     assert mean_class_entropy(torch.zeros(0, 4)) == 0.0
+
+
+def test_empty_image_score_rules():
+    # "max_c": 1 - the best sub-threshold candidate's c; nothing at all -> 1.0
+    assert empty_image_score(0.0, "max_c") == 1.0
+    assert empty_image_score(0.45, "max_c") == pytest.approx(0.55)
+    assert empty_image_score(0.3, "constant", 0.25) == 0.25
+    with pytest.raises(ValueError, match="empty-image rule 'nope'"):
+        empty_image_score(0.1, "nope")
+
+
+def test_scored_image_score_by_hand():
+    c = [0.9, 0.8, 0.1]
+    b = [0.6, 0.8, 0.9]
+    m = [0.3, 0.5, 0.9]
+    # threshold 0.5: instances 0 and 1 (S_A and S_B above); eq. 3 over (S_A, S_B):
+    # mean 0.5386666, population std (S_B - S_A) / 2 = 0.0690199, S = exp(-0.0690199) * 0.5386666
+    expected = math.exp(-(S_B - S_A) / 2) * (S_A + S_B) / 2
+    assert scored_image_score(c, b, m, score_threshold=0.5) == pytest.approx(expected, abs=1e-6)
+    # threshold 0.85: instance 0 alone -> S = s = S_A
+    assert scored_image_score(c, b, m, score_threshold=0.85) == pytest.approx(S_A, abs=1e-6)
+    # c exactly at the threshold is scored
+    assert scored_image_score(c, b, m, score_threshold=0.9) == pytest.approx(S_A, abs=1e-6)
+    # threshold 0.95: nothing scored; best candidate c = 0.9 -> 1 - 0.9
+    assert scored_image_score(c, b, m, score_threshold=0.95) == pytest.approx(0.1)
+    assert scored_image_score(c, b, m, score_threshold=0.95, empty_rule="constant", empty_constant=0.7) == 0.7
+    # no detection at all
+    assert scored_image_score([], [], [], score_threshold=0.5) == 1.0
+    assert scored_image_score(torch.tensor(c), torch.tensor(b), torch.tensor(m), score_threshold=0.85) == \
+        pytest.approx(S_A, abs=1e-6)

@@ -5,6 +5,7 @@ from collections import Counter
 import pytest
 
 import tsp_model.strategies as strategies
+from tsp_model.config import ActiveConfig
 from tsp_model.records import ImageScore, InstanceScore
 from tsp_model.strategies import (
     SelectionStrategy,
@@ -61,9 +62,18 @@ def test_tsp_lowest_image_score_first():
 
 
 def test_tsp_instance_lowest_min_instance_score_first():
+    every = ActiveConfig(score_threshold=0.0)  # every instance is scored
     # min s: F 0.20*, A 0.30, B 0.40, E 0.40, D 0.45, C 1.00*
-    assert get_strategy("tsp_instance").select(POOL, 3) == ["F", "A", "B"]
-    assert get_strategy("tsp_instance").select(POOL, 10) == ["F", "A", "B", "E", "D", "C"]
+    assert get_strategy("tsp_instance", every).select(POOL, 3) == ["F", "A", "B"]
+    assert get_strategy("tsp_instance", every).select(POOL, 10) == ["F", "A", "B", "E", "D", "C"]
+
+
+def test_tsp_instance_uses_scored_instances_only():
+    # c = s here. With score_threshold 0.5 only A's 0.70 instance is scored; B, D, E then rank by
+    # their S (the empty-image rule was applied when they were scored): F 0.20, B 0.40, E 0.40,
+    # D 0.45, A 0.70, C 1.00
+    strat = get_strategy("tsp_instance", ActiveConfig(score_threshold=0.5))
+    assert strat.select(POOL, 6) == ["F", "B", "E", "D", "A", "C"]
 
 
 def test_class_entropy_highest_mean_entropy_first():

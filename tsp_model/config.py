@@ -133,9 +133,18 @@ class ActiveConfig:
     sigma_c: float = 0.9
     sigma_b: float = 0.9
     sigma_m: float = 0.8
-    # S_i of an image with no detection. 1.0 = "certain": most head-CT slices hold no lesion,
-    # and ranking every empty slice first would flood the queue with them.
+    # Three sets of instances (DESIGN.md): every detection with c >= model.box_score_thresh is
+    # kept in the score file; those with c >= score_threshold enter eq. 2-3 (S_i, the queue);
+    # those with c >= show_threshold become regions in Label Studio. Changing either threshold
+    # needs no new inference: S_i is recomputed from the score file.
+    score_threshold: float = 0.5
+    # S_i of an image with no scored instance (tsp_model.scoring.empty_image_score): "max_c" =
+    # 1 - the largest c below score_threshold (0 without any detection), so a slice whose best
+    # candidate just missed the threshold is served early and a slice with nothing is served
+    # last; "constant" = empty_image_score.
+    empty_image_rule: Literal["max_c", "constant"] = "max_c"
     empty_image_score: float = 1.0
+    show_threshold: float = 0.5
     # T, stochastic forward passes of the dropout heads for the mc_dropout strategy (batched:
     # one backbone/RPN pass, the heads run on T stacked copies of the RoI features).
     mc_passes: int = 10
@@ -281,7 +290,7 @@ def _validate(obj: Any, prefix: str) -> None:
     elif isinstance(obj, ActiveConfig):
         need(obj.budget >= 1, "budget", "must be >= 1")
         need(obj.cycles >= 1, "cycles", "must be >= 1")
-        for name in ("sigma_c", "sigma_b", "sigma_m", "empty_image_score"):
+        for name in ("sigma_c", "sigma_b", "sigma_m", "empty_image_score", "score_threshold", "show_threshold"):
             need(0.0 <= getattr(obj, name) <= 1.0, name, "must be in [0, 1]")
         need(obj.mc_passes >= 2, "mc_passes", "must be >= 2 (MC dropout compares passes)")
     elif isinstance(obj, ScoreConfig):

@@ -87,7 +87,7 @@ def run_cycle(
     if overlap:
         raise ValueError(f"image ids {sorted(overlap)[:10]} are both labeled and in the pool")
     class_names = list(dataset.class_names)
-    strategy = get_strategy(a.strategy)  # an unknown name fails before any work
+    strategy = get_strategy(a.strategy, a)  # an unknown name fails before any work
     seed = config.train.seed + cycle_index
     pseudo = None
     scores_path = None

@@ -21,8 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from tsp_model.atomic import atomic_open
+from tsp_model.config import ActiveConfig
+from tsp_model.scoring import scored_image_score
 
-__all__ = ["RecordError", "InstanceScore", "ImageScore", "write_jsonl", "read_jsonl"]
+__all__ = [
+    "RecordError",
+    "InstanceScore",
+    "ImageScore",
+    "write_jsonl",
+    "read_jsonl",
+    "record_image_score",
+    "rescore",
+]
 
 
 class RecordError(ValueError):
@@ -228,3 +238,27 @@ def read_jsonl(path: str | Path) -> list[ImageScore]:
             except RecordError as exc:
                 raise RecordError(f"{path}:{lineno}: {exc}") from None
     return records
+
+
+def record_image_score(c: Any, b: Any, m: Any, active: ActiveConfig) -> float:
+    """S of an image from all its detections' triplets under ``active``'s scoring threshold and
+    empty-image rule (:func:`tsp_model.scoring.scored_image_score`)."""
+    return scored_image_score(
+        c, b, m, score_threshold=active.score_threshold, empty_rule=active.empty_image_rule,
+        empty_constant=active.empty_image_score,
+    )
+
+
+def rescore(records: Iterable[ImageScore], active: ActiveConfig) -> tuple[list[ImageScore], int]:
+    """Recompute every record's ``S`` from its stored instances under ``active`` (no inference:
+    the score file keeps every detection). Returns ``(records, how many S changed)``."""
+    out, changed = [], 0
+    for rec in records:
+        S = record_image_score([i.c for i in rec.instances], [i.b for i in rec.instances],
+                               [i.m for i in rec.instances], active)
+        if S != rec.S:
+            changed += 1
+            rec = ImageScore(rec.image_id, rec.file_name, rec.width, rec.height, S, rec.instances,
+                             rec.model_version, rec.extras)
+        out.append(rec)
+    return out, changed

@@ -4,6 +4,13 @@ Names follow the paper: ``c`` class score, ``b`` box-IoU score, ``m`` mask-IoU s
 instance; ``s`` the instance score (eq. 2); ``S`` the image score (eq. 3). Lower scores mean
 higher uncertainty.
 
+Which instances enter eq. 3 is ours to decide (the paper uses every detection its detector
+returns). :func:`scored_image_score` applies eq. 3 to the *scored* instances only, those with a
+class score ``c >= score_threshold``: a weak model's many background boxes (c just above
+torchvision's 0.05 output threshold) otherwise decide S, because the IoU heads, trained on
+positive RoIs only, give them confident-looking b and m. An image with no scored instance gets
+:func:`empty_image_score`.
+
 Every function accepts torch tensors (and then returns tensors, differentiable where the math
 is) or numpy arrays / Python floats (and then returns numpy values). The standard deviation is
 the population one (ddof = 0): the std of three numbers in eq. 2 is a property of those three
@@ -21,8 +28,11 @@ import torch
 ArrayLike = Union[torch.Tensor, np.ndarray, float, Sequence[float]]
 
 __all__ = [
+    "EMPTY_IMAGE_RULES",
     "instance_score",
     "image_score",
+    "empty_image_score",
+    "scored_image_score",
     "pseudo_label_keep",
     "class_entropy",
     "mean_class_entropy",
@@ -70,11 +80,8 @@ def image_score(s: ArrayLike, empty_score: float = 1.0) -> Any:
 
     A single instance has std 0, so ``S = s``.
 
-    An image without any detection has no ``s`` to aggregate; it gets ``empty_score``. The
-    default 1.0 means "certain": in head CT most slices hold no lesion, and ranking every
-    empty slice as most uncertain would flood the labeling queue with them. The trade-off is
-    that a lesion the model missed entirely also yields no detection, so such a slice is
-    ranked last; lower ``ActiveConfig.empty_image_score`` to surface empty images earlier.
+    An image without any instance has no ``s`` to aggregate; it gets ``empty_score`` (see
+    :func:`scored_image_score` and :func:`empty_image_score` for the rule the product uses).
 
     Args:
         s: instance scores of one image, FloatTensor[N] (or numpy / list), N >= 0.
@@ -93,6 +100,62 @@ def image_score(s: ArrayLike, empty_score: float = 1.0) -> Any:
     if s.size == 0:
         return np.float64(empty_score)
     return np.float64(_exp_neg_std_times_mean(s))
+
+
+EMPTY_IMAGE_RULES = ("constant", "max_c")
+
+
+def empty_image_score(max_c: float, rule: str = "max_c", constant: float = 1.0) -> float:
+    """S of an image with no scored instance (no detection reached the scoring threshold).
+
+    Such an image is the model saying "no lesion here". How sure it is of that depends on its
+    strongest candidate below the threshold, ``max_c`` (0.0 when it returned nothing at all):
+
+    * ``"max_c"``: ``S = 1 - max_c``, the model's own probability that its best candidate is
+      not a lesion. A slice where it returned nothing, or only faint candidates, is certain
+      (S near 1, labeled last: most head-CT slices are truly empty); a slice with a candidate
+      just below the threshold, the lesion it may have missed, is as uncertain as a weak
+      detection (with threshold 0.5, S just above 0.5).
+    * ``"constant"``: ``S = constant`` whatever the candidates (1.0: never served first).
+
+    Args:
+        max_c: the largest class score among the image's detections, all below the threshold.
+        rule: one of :data:`EMPTY_IMAGE_RULES`.
+        constant: S for the ``"constant"`` rule.
+    """
+    if rule == "max_c":
+        return float(1.0 - min(max(float(max_c), 0.0), 1.0))
+    if rule == "constant":
+        return float(constant)
+    raise ValueError(f"unknown empty-image rule {rule!r} (use one of {', '.join(EMPTY_IMAGE_RULES)})")
+
+
+def scored_image_score(
+    c: ArrayLike,
+    b: ArrayLike,
+    m: ArrayLike,
+    *,
+    score_threshold: float,
+    empty_rule: str = "max_c",
+    empty_constant: float = 1.0,
+) -> float:
+    """S of one image from ALL its detections: eq. 3 over the scored ones (``c >= score_threshold``),
+    :func:`empty_image_score` of the rest when none is scored.
+
+    Args:
+        c, b, m: the image's N detections' triplets (numpy / list / tensor), N >= 0.
+        score_threshold: class score from which a detection enters eq. 2-3.
+        empty_rule, empty_constant: see :func:`empty_image_score`.
+
+    Returns:
+        S as a Python float.
+    """
+    c, b, m = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
+               for x in (c, b, m))
+    scored = c >= score_threshold
+    if scored.any():
+        return float(image_score(instance_score(c[scored], b[scored], m[scored])))
+    return empty_image_score(float(c.max()) if c.size else 0.0, empty_rule, empty_constant)
 
 
 def pseudo_label_keep(

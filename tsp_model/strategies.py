@@ -30,6 +30,7 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
+from tsp_model.config import ActiveConfig
 from tsp_model.records import ImageScore
 
 __all__ = [
@@ -59,6 +60,10 @@ class SelectionStrategy:
     name: ClassVar[str] = ""
     # What the pool scoring must add to each record for this strategy (see the module docstring).
     needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, active: ActiveConfig | None = None) -> None:
+        # thresholds (active.score_threshold...) and b for strategies that need them
+        self.active = active or ActiveConfig()
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
         """Indices into ``pool``, most informative first (a permutation of range(len(pool)))."""
@@ -108,8 +113,9 @@ def available_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_strategy(name: str) -> SelectionStrategy:
-    """A new instance of the strategy registered as ``name``."""
+def get_strategy(name: str, active: ActiveConfig | None = None) -> SelectionStrategy:
+    """A new instance of the strategy registered as ``name`` (``active``: the ``[active]`` config
+    whose thresholds it uses; default ``ActiveConfig()``)."""
     try:
         cls = _REGISTRY[name]
     except KeyError:
@@ -117,7 +123,7 @@ def get_strategy(name: str) -> SelectionStrategy:
         raise ValueError(
             f"unknown selection strategy {name!r}; known: {known} (set active.strategy)"
         ) from None
-    return cls()
+    return cls(active)
 
 
 def _check_unique_ids(pool: Sequence[ImageScore]) -> None:
@@ -143,7 +149,9 @@ def _ascending(pool: Sequence[ImageScore], key: Callable[[ImageScore], float]) -
 @register_strategy("tsp")
 class TSPStrategy(SelectionStrategy):
     """Eq. 3 / Algorithm 1 line 9: the lowest image score S first ("the lower the triplet
-    scoring, the higher the uncertainty", section 3.1)."""
+    scoring, the higher the uncertainty", section 3.1). ``S`` is the record's: eq. 3 over the
+    scored instances (``active.score_threshold``), the empty-image rule without any
+    (:func:`tsp_model.scoring.scored_image_score`, applied when the pool is scored)."""
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
         return _ascending(pool, lambda r: _finite(r.S, r, "S"))
@@ -151,19 +159,22 @@ class TSPStrategy(SelectionStrategy):
 
 @register_strategy("tsp_instance")
 class TSPInstanceStrategy(SelectionStrategy):
-    """Instance-level TSP: the lowest minimum instance score s (eq. 2) first.
+    """Instance-level TSP: the lowest instance score s (eq. 2) among the scored instances first.
 
     Section 5 observes that "instance-level sampling is a more reasonable way than image-level
     sampling"; an image is as uncertain as its most uncertain instance, so one doubtful lesion
-    is not averaged away by confident ones. An image with no instance ranks by its S (the
-    empty-image score).
+    is not averaged away by confident ones. An image with no scored instance ranks by its S (the
+    empty-image rule).
     """
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
+        threshold = self.active.score_threshold
+
         def key(r: ImageScore) -> float:
-            if not r.instances:
+            scored = [i.s for i in r.instances if i.c >= threshold]
+            if not scored:
                 return _finite(r.S, r, "S")
-            return min(_finite(i.s, r, "an instance score s") for i in r.instances)
+            return min(_finite(s, r, "an instance score s") for s in scored)
 
         return _ascending(pool, key)
 

@@ -1,7 +1,9 @@
 """Inference and pool scoring: model outputs -> per-instance (c, b, m, s) and per-image S.
 
 :func:`predict_images` turns a list of image tensors into :class:`~tsp_model.records.ImageScore`
-records (plus binary masks for callers that need pixels, such as the Label Studio backend).
+records: every detection (c >= ``model.box_score_thresh``) with its mask as COCO RLE, and the
+image score S over the scored ones (``active.score_threshold``). Masks are never pasted at full
+size all at once (:func:`postprocess_to_rle`), so memory stays flat on large slices.
 :func:`score_pool` runs it over the unlabeled pool in batches, sharded across torchrun ranks,
 and writes one JSON line per image atomically (Algorithm 1, lines 7-8).
 
@@ -24,47 +26,117 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from tsp_model.config import TSPConfig
+from typing import Any
+
+from tsp_model.config import ActiveConfig, TSPConfig
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast
-from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_masks
-from tsp_model.records import ImageScore, InstanceScore, read_jsonl, write_jsonl
-from tsp_model.scoring import class_entropy, image_score, instance_score
+from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_mask, encode_masks
+from tsp_model.records import ImageScore, InstanceScore, read_jsonl, record_image_score, write_jsonl
+from tsp_model.scoring import class_entropy, instance_score
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
+def paste_mask_rle(mask_probs: torch.Tensor, box: torch.Tensor, height: int, width: int,
+                   canvas: np.ndarray | None = None) -> dict:
+    """One instance's mask probabilities on its box -> COCO RLE of the binary mask at full size.
+
+    torchvision's ``paste_masks_in_image`` (what ``GeneralizedRCNNTransform.postprocess`` calls)
+    allocates a float H x W image per detection, all at once: on an 8000 x 8000 slice with 100
+    detections that is 25 GB. Here the same torchvision paste runs on a canvas around the box
+    only, is binarized at 0.5 (torchvision's convention) and written into ``canvas``, a reusable
+    uint8 [H, W] buffer (zeroed again before returning), whose RLE is taken: memory O(H x W)
+    bytes once per image, not per detection.
+
+    Args:
+        mask_probs (FloatTensor[1, M, M]): the mask head's probabilities of the detected class.
+        box (FloatTensor[4]): the detection's box (x1, y1, x2, y2) in original-image pixels.
+        height, width: the original image size.
+        canvas: optional uint8 [height, width] Fortran-ordered zero buffer to reuse.
+    """
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    if canvas is None:
+        canvas = np.zeros((height, width), dtype=np.uint8, order="F")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    # torchvision expands the box by (M + 2) / M and rounds outward: a margin of half the box
+    # plus 2 px holds every pixel it can paste
+    mx, my = 0.5 * (x2 - x1) + 2.0, 0.5 * (y2 - y1) + 2.0
+    cx0, cy0 = max(int(np.floor(x1 - mx)), 0), max(int(np.floor(y1 - my)), 0)
+    cx1, cy1 = min(int(np.ceil(x2 + mx)) + 1, width), min(int(np.ceil(y2 + my)) + 1, height)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return encode_mask(canvas)
+    shifted = box.detach().float().cpu().reshape(1, 4) - torch.tensor([cx0, cy0, cx0, cy0], dtype=torch.float32)
+    local = paste_masks_in_image(mask_probs.detach().float().cpu().reshape(1, 1, *mask_probs.shape[-2:]),
+                                 shifted, (cy1 - cy0, cx1 - cx0))[0, 0]
+    canvas[cy0:cy1, cx0:cx1] = (local > MASK_THRESHOLD).numpy()
+    rle = encode_mask(canvas)
+    canvas[cy0:cy1, cx0:cx1] = 0
+    return rle
+
+
+def postprocess_to_rle(
+    detections: list[dict[str, torch.Tensor]],
+    image_sizes: Sequence[tuple[int, int]],
+    original_sizes: Sequence[tuple[int, int]],
+) -> list[dict[str, Any]]:
+    """``GeneralizedRCNNTransform.postprocess`` with masks as RLE instead of full-size pastes.
+
+    Boxes are resized to the original image (torchvision's ``resize_boxes``); each detection's
+    ``masks`` (FloatTensor[N, 1, M, M] probabilities on its box) becomes ``mask_rles``, a list
+    of N COCO RLEs of the binary mask in original pixels (:func:`paste_mask_rle`).
+    """
+    from torchvision.models.detection.transform import resize_boxes
+
+    out = []
+    for det, size, (height, width) in zip(detections, image_sizes, original_sizes):
+        det = dict(det)
+        boxes = resize_boxes(det["boxes"], size, (height, width))
+        det["boxes"] = boxes
+        masks = det.pop("masks", None)
+        if masks is not None:
+            canvas = np.zeros((height, width), dtype=np.uint8, order="F") if len(boxes) else None
+            det["mask_rles"] = [paste_mask_rle(masks[k], boxes[k], height, width, canvas) for k in range(len(boxes))]
+        out.append(det)
+    return out
+
+
 def output_to_record(
-    output: dict[str, torch.Tensor],
+    output: dict[str, Any],
     *,
     image_id: int | str,
     file_name: str,
     width: int,
     height: int,
     class_names: Sequence[str],
-    empty_image_score: float = 1.0,
+    active: ActiveConfig | None = None,
     model_version: str = "",
-    store_masks: bool = True,
-) -> tuple[ImageScore, np.ndarray]:
-    """One model output dict (eval mode) -> (ImageScore, bool masks [N, H, W]).
+) -> ImageScore:
+    """One detection dict (eval mode) -> :class:`ImageScore` with every detection kept.
 
-    ``s`` is eq. 2 of (c, b, m) = (scores, box_iou, mask_iou); ``S`` is eq. 3 of the image's
-    ``s`` (``empty_image_score`` without detections); ``entropy`` is the Shannon entropy of
-    ``class_probs``; masks are the probabilities binarized at 0.5.
+    ``s`` is eq. 2 of (c, b, m) = (scores, box_iou, mask_iou); ``S`` is eq. 3 over the scored
+    instances (``c >= active.score_threshold``), else the empty-image rule
+    (:func:`tsp_model.scoring.scored_image_score`); ``entropy`` is the Shannon entropy of
+    ``class_probs``. Masks: ``mask_rles`` (from :func:`postprocess_to_rle`) or, for a model that
+    returns torchvision's full-size ``masks``, those binarized at 0.5.
     """
+    active = active or ActiveConfig()
     # float64: scores are stored and compared as Python floats
     c = output["scores"].detach().double().cpu()
     b = output["box_iou"].detach().double().cpu()
     m = output["mask_iou"].detach().double().cpu()
     s = instance_score(c, b, m)
-    S = float(image_score(s, empty_score=empty_image_score))
+    S = record_image_score(c.numpy(), b.numpy(), m.numpy(), active)
     entropy = class_entropy(output["class_probs"].detach().double().cpu())
     boxes = output["boxes"].detach().float().cpu().tolist()
     labels = output["labels"].detach().cpu().tolist()
-    masks = (output["masks"].detach().float().cpu()[:, 0] > MASK_THRESHOLD).numpy()
-    rles = encode_masks(masks) if store_masks else [None] * len(labels)
+    if "mask_rles" in output:
+        rles = list(output["mask_rles"])
+    else:
+        rles = encode_masks((output["masks"].detach().float().cpu()[:, 0] > MASK_THRESHOLD).numpy())
     instances = []
     for i, label in enumerate(labels):
         instances.append(
@@ -83,7 +155,7 @@ def output_to_record(
     extras = {}
     if "predicted_loss" in output:
         extras["predicted_loss"] = float(output["predicted_loss"].detach().double().cpu())
-    record = ImageScore(
+    return ImageScore(
         image_id=image_id,
         file_name=file_name,
         width=int(width),
@@ -93,23 +165,31 @@ def output_to_record(
         model_version=model_version,
         extras=extras,
     )
-    return record, masks
 
 
 def forward_with_extras(
     model: torch.nn.Module, images: list[torch.Tensor], *, embeddings: bool = False, mc_passes: int = 0
-) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
-    """``model(images)`` in eval mode, plus per-image extras from the same backbone pass.
+) -> tuple[list[dict[str, Any]], list[dict]]:
+    """A torchvision detection model's eval forward, plus per-image extras from the same pass.
 
-    The detections are those of ``GeneralizedRCNN.forward`` (same calls, dropout off); with
-    ``embeddings`` each extras dict gets ``embedding`` (base64 float16), with ``mc_passes`` = T
-    >= 2 the MC-dropout statistics of the detections (T batched head passes).
+    The detections are those of ``GeneralizedRCNN.forward`` (same calls, dropout off), except
+    that masks come back as ``mask_rles`` (:func:`postprocess_to_rle`), never as full-size
+    probability images. With ``embeddings`` each extras dict gets ``embedding`` (base64
+    float16), with ``mc_passes`` = T >= 2 the MC-dropout statistics of the detections (T
+    batched head passes). A model that is not a ``GeneralizedRCNN`` is simply called.
     """
     from collections import OrderedDict
+
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
     from tsp_model.embeddings import encode_embedding, pooled_embeddings
     from tsp_model.mc_dropout import mc_head_passes, mc_image_stats
 
+    extras: list[dict] = [{} for _ in images]
+    if not isinstance(model, GeneralizedRCNN):
+        if embeddings or mc_passes:
+            raise ValueError(f"{type(model).__name__}: embeddings and MC dropout need a torchvision detection model")
+        return model(images), extras
     original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     image_list, _ = model.transform(images)
     features = model.backbone(image_list.tensors)
@@ -117,7 +197,6 @@ def forward_with_extras(
         features = OrderedDict([("0", features)])
     proposals, _ = model.rpn(image_list, features)
     detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-    extras: list[dict] = [{} for _ in images]
     module = getattr(model, "loss_prediction_module", None)
     if module is not None:
         for det, value in zip(detections, module(features)):
@@ -138,8 +217,7 @@ def forward_with_extras(
             n = int(det["boxes"].shape[0])
             ex.update(mc_image_stats(probs[:, start : start + n], masks[:, start : start + n], mc_passes))
             start += n
-    detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
-    return detections, extras
+    return postprocess_to_rle(detections, image_list.image_sizes, original_sizes), extras
 
 
 @torch.inference_mode()
@@ -147,52 +225,46 @@ def predict_images(
     model: torch.nn.Module,
     images: Sequence[torch.Tensor],
     class_names: Sequence[str],
-    empty_image_score: float = 1.0,
+    active: ActiveConfig | None = None,
     model_version: str = "",
     *,
     image_ids: Sequence[int | str] | None = None,
     file_names: Sequence[str] | None = None,
     amp: bool = True,
-    store_masks: bool = True,
     embeddings: bool = False,
     mc_passes: int = 0,
-) -> tuple[list[ImageScore], list[np.ndarray]]:
+) -> list[ImageScore]:
     """Run ``model`` (switched to eval mode) on ``images`` (FloatTensor[3, H, W] in 0..1).
 
+    Every detection is kept in the records, its mask as COCO RLE at the image's size; ``S``
+    follows ``active`` (scoring threshold and empty-image rule; default ``ActiveConfig()``).
     ``embeddings`` / ``mc_passes`` (T, 0 = off) add strategy data to each record's ``extras``
-    (see :func:`forward_with_extras`); off, the model is simply called.
+    (see :func:`forward_with_extras`).
 
     Returns:
-        ``(records, masks)``: one :class:`ImageScore` per image (ids default to the list index,
-        file names to ``""``) and, aligned with each record's instances, bool masks [N, H, W].
+        One :class:`ImageScore` per image (ids default to the list index, file names to ``""``).
     """
     model.eval()
     device = next(model.parameters()).device
-    extras: list[dict] = [{} for _ in images]
     with autocast(device, amp):
-        if embeddings or mc_passes:
-            outputs, extras = forward_with_extras(
-                model, [im.to(device) for im in images], embeddings=embeddings, mc_passes=mc_passes
-            )
-        else:
-            outputs = model([im.to(device) for im in images])
-    records, all_masks = [], []
+        outputs, extras = forward_with_extras(
+            model, [im.to(device) for im in images], embeddings=embeddings, mc_passes=mc_passes
+        )
+    records = []
     for i, (im, out) in enumerate(zip(images, outputs)):
-        rec, masks = output_to_record(
+        rec = output_to_record(
             out,
             image_id=image_ids[i] if image_ids is not None else i,
             file_name=file_names[i] if file_names is not None else "",
             width=int(im.shape[-1]),
             height=int(im.shape[-2]),
             class_names=class_names,
-            empty_image_score=empty_image_score,
+            active=active,
             model_version=model_version,
-            store_masks=store_masks,
         )
         rec.extras.update(extras[i])
         records.append(rec)
-        all_masks.append(masks)
-    return records, all_masks
+    return records
 
 
 class PoolDataset(Dataset):
@@ -294,11 +366,15 @@ def score_pool(
     for batch in loader:
         if batch:
             images, ids, names = zip(*batch)
-            recs, _ = predict_images(
-                model, list(images), class_names, config.active.empty_image_score, model_version,
-                image_ids=list(ids), file_names=list(names), amp=sc.amp, store_masks=sc.store_masks,
+            recs = predict_images(
+                model, list(images), class_names, config.active, model_version,
+                image_ids=list(ids), file_names=list(names), amp=sc.amp,
                 embeddings=embeddings, mc_passes=mc_passes,
             )
+            if not sc.store_masks:
+                for rec in recs:
+                    for inst in rec.instances:
+                        inst.mask = None
             records.extend(recs)
         bar.update(len(batch) if batch else 0)
     bar.close()
