@@ -9,6 +9,7 @@
     tsp-sync import  --project ich SERIES/...  # DICOM or PNG/JPEG slices -> tasks
     tsp-sync overlay --project ich     # hardest/easiest slices with "label: c b m"
     tsp-sync report  --project ich     # learning curve and S_i histograms
+    tsp-sync simulate --coco labeled.json  # replay active learning on your own labeled data
     tsp-sync demo                      # the quickstart on generated head-CT slices
 
 Settings: ``tsp.toml`` (or ``--config`` / ``$TSP_CONFIG``); server ``$LABEL_STUDIO_URL``, token
@@ -60,9 +61,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from tsp_model.engine.train import NonFiniteLossError
     from tsp_model.model import WeightsNotFoundError
     from tsp_model.records import RecordError
+    from tsp_model.simulation import SimulationError
 
     return (SyncError, ConfigError, CheckpointError, ImageError, LabelConfigError, RecordError, NonFiniteLossError,
-            WeightsNotFoundError)
+            WeightsNotFoundError, SimulationError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -257,8 +259,9 @@ def demo(obj: _Ctx, root: Path, count: int, size: int, first_batch: int, epochs:
 def _register_review_commands() -> None:
     from tsp_cli.importer import import_command
     from tsp_cli.review import overlay_command, report_command
+    from tsp_cli.simulate import simulate_command
 
-    for command in (import_command, overlay_command, report_command):
+    for command in (import_command, overlay_command, report_command, simulate_command):
         cli.add_command(command)
 
 

@@ -129,6 +129,9 @@ class ActiveConfig:
     budget: int = 500  # b, images sent for labeling per cycle
     cycles: int = 6  # K; the paper's budget B = 3000 = 6 x 500
     strategy: str = "tsp"
+    # Cycle 1 has no model: "random" (Algorithm 1, line 4) or "typiclust", typical and diverse
+    # images of a label-free embedding (tsp_model.diversity.typiclust_first_batch).
+    first_batch: Literal["random", "typiclust"] = "random"
     pseudo_labels: bool = True
     sigma_c: float = 0.9
     sigma_b: float = 0.9

@@ -1,6 +1,7 @@
 """One cycle of Algorithm 1 (semi-supervised active learning via triplet scoring predictions).
 
-Cycle 1 (no previous model): ``b`` random pool images are labeled and a model is trained on them.
+Cycle 1 (no previous model): ``b`` pool images are labeled (random, or typical and diverse with
+``active.first_batch = "typiclust"``) and a model is trained on them.
 Later cycles: the previous model scores every pool image (eq. 2, eq. 3), the strategy picks the
 ``b`` images to label, the confident instances of the rest (``c > sigma_c`` and ``b > sigma_b``
 and ``m > sigma_m``) become pseudo labels, and a model is trained on labeled + pseudo (eq. 5).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,23 @@ def _pool_items(dataset: Any, ids: Sequence[Any]) -> list[tuple[Any, Path, str]]
     return items
 
 
+def first_batch(active: Any, dataset: Any, pool_ids: Sequence[Any], seed: int) -> list[Any]:
+    """Algorithm 1, line 4: the b images of cycle 1, chosen without a model.
+
+    ``active.first_batch = "random"``: b pool images uniformly at random (the paper);
+    ``"typiclust"``: typical, diverse images of a label-free thumbnail embedding
+    (:func:`tsp_model.diversity.typiclust_first_batch`).
+    """
+    budget = min(active.budget, len(pool_ids))
+    if active.first_batch == "typiclust":
+        from tsp_model.diversity import thumbnail_embeddings, typiclust_first_batch
+
+        paths = [dataset.image_path(dataset.index_of(i)) for i in pool_ids]
+        picks = typiclust_first_batch(thumbnail_embeddings(paths, seed=seed), budget, seed=seed)
+        return [pool_ids[i] for i in picks]
+    return random.Random(seed).sample(list(pool_ids), budget)
+
+
 def run_cycle(
     config: TSPConfig,
     *,
@@ -63,6 +81,8 @@ def run_cycle(
     finetune: bool = False,
     dist: du.DistInfo | None = None,
     progress: bool = True,
+    resume: bool = False,
+    clusters: Mapping[Any, int] | None = None,
 ) -> CycleResult:
     """Run cycle ``cycle_index`` (1-based) of Algorithm 1 and train M_k.
 
@@ -78,6 +98,9 @@ def run_cycle(
         finetune: start M_k from M_{k-1}'s weights instead of from scratch (the paper trains
             each cycle's model with the full schedule; default from scratch).
         dist: torchrun placement (default: :func:`~tsp_model.engine.distributed.init_distributed`).
+        resume: continue an interrupted training of ``cycle<k>.pt`` (its ``.partial`` file).
+        clusters: image id -> cluster, given to the strategy as ``extras["cluster"]`` (e.g. the
+            series of each slice for ``tsp_diverse``); None: the strategy's own clustering.
     """
     a = config.active
     dist = dist or du.init_distributed(config.train.device)
@@ -93,7 +116,7 @@ def run_cycle(
     scores_path = None
 
     if prev_checkpoint is None:
-        selected = random.Random(seed).sample(pool_ids, min(a.budget, len(pool_ids)))
+        selected = first_batch(a, dataset, pool_ids, seed)
     else:
         loaded = load_model(prev_checkpoint, device=dist.device)
         if loaded.class_names != class_names:
@@ -116,6 +139,10 @@ def run_cycle(
             labeled_records = read_jsonl(labeled_path)
         del loaded
         records = read_jsonl(scores_path)
+        if clusters is not None:
+            # the caller's grouping (e.g. the series of each slice) for tsp_diverse
+            for rec in [*records, *labeled_records]:
+                rec.extras["cluster"] = int(clusters[rec.image_id])
         selected = strategy.select(records, a.budget, seed=seed, labeled=labeled_records)
         if a.pseudo_labels:
             from tsp_model.data.pseudo import PseudoLabelDataset
@@ -134,7 +161,7 @@ def run_cycle(
     if du.is_main_process():
         log.info(
             "cycle %d: %d selected (%s), %d labeled, %d in pool, %d pseudo-labeled images",
-            cycle_index, len(selected), "random" if prev_checkpoint is None else a.strategy,
+            cycle_index, len(selected), a.first_batch if prev_checkpoint is None else a.strategy,
             len(new_labeled), len(remaining), len(pseudo) if pseudo is not None else 0,
         )
     checkpoint = train(
@@ -146,6 +173,7 @@ def run_cycle(
         class_names=class_names,
         dist=dist,
         progress=progress,
+        resume=resume,
     )
     version = str(load_checkpoint(checkpoint)["model_version"])
     return CycleResult(

@@ -19,7 +19,8 @@ features in ``extras``), ``"labeled_embedding"`` (the labeled set scored too, pa
 ``"predicted_loss"`` (a model trained with ``model.learning_loss``).
 
 The paper's Figure 2 baselines: ``random``, ``class_entropy``, ``mc_dropout``, ``core_set``,
-``learning_loss``; TSP itself: ``tsp`` and ``tsp_instance``.
+``learning_loss``; TSP itself: ``tsp`` and ``tsp_instance``; TSP with diversity (the order Label
+Studio serves with clusters): ``tsp_diverse``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "MCDropoutStrategy",
     "CoreSetStrategy",
     "LearningLossStrategy",
+    "TSPDiverseStrategy",
     "scoring_options",
     "priority_scores",
 ]
@@ -293,6 +295,71 @@ class CoreSetStrategy(SelectionStrategy):
                 f"labeled embeddings have {lab.shape[1]} values, the pool's {x.shape[1]}: score both with the same model"
             )
         return k_center_greedy(x, lab, budget)
+
+
+@register_strategy("tsp_diverse")
+class TSPDiverseStrategy(SelectionStrategy):
+    """TSP with diversity: the order Label Studio's Uncertainty sampling serves when every
+    prediction carries a cluster (:func:`tsp_model.diversity.cluster_round_robin`): the lowest
+    S_i of the clusters with the fewest labeled images first, so near-duplicate slices do not
+    fill a batch.
+
+    Clusters: ``extras["cluster"]`` when every record has one (set by the caller, e.g. the
+    series of a slice); otherwise k-means of the FPN embeddings of pool and labeled images
+    together, k = :func:`tsp_model.diversity.cluster_count` (b, ``active.budget``).
+    """
+
+    needs = frozenset({"embedding", "labeled_embedding"})
+
+    def rank(
+        self, pool: Sequence[ImageScore], *, seed: int = 0, labeled: Sequence[ImageScore] = ()
+    ) -> list[int]:
+        return self._order(pool, None, labeled, seed)
+
+    def select(
+        self,
+        pool: Sequence[ImageScore],
+        budget: int,
+        *,
+        seed: int = 0,
+        labeled: Sequence[ImageScore] = (),
+    ) -> list[int | str]:
+        _check_unique_ids(pool)
+        if budget <= 0 or not pool:
+            return []
+        return [pool[i].image_id for i in self._order(pool, budget, labeled, seed)]
+
+    def clusters(
+        self, pool: Sequence[ImageScore], labeled: Sequence[ImageScore] = (), seed: int = 0
+    ) -> tuple[list[int], list[int]]:
+        """``(pool clusters, labeled clusters)``, aligned with the records."""
+        from tsp_model.diversity import cluster_count, embedding_clusters
+        from tsp_model.embeddings import embedding_matrix
+
+        every = list(pool) + list(labeled)
+        if every and all("cluster" in r.extras for r in every):
+            ids = [int(r.extras["cluster"]) for r in every]
+        else:
+            x = embedding_matrix(pool, what="pool")
+            if labeled:
+                lab = embedding_matrix(labeled, what="labeled")
+                if lab.shape[1] != x.shape[1]:
+                    raise ValueError(
+                        f"labeled embeddings have {lab.shape[1]} values, the pool's {x.shape[1]}: score both with "
+                        "the same model"
+                    )
+                x = np.concatenate([x, lab])
+            k = cluster_count(len(every), self.active.budget)
+            ids = [int(v) for v in embedding_clusters(x, k, seed=seed)]
+        return ids[: len(pool)], ids[len(pool):]
+
+    def _order(self, pool: Sequence[ImageScore], budget: int | None, labeled: Sequence[ImageScore],
+               seed: int) -> list[int]:
+        from tsp_model.diversity import cluster_round_robin
+
+        pool_c, lab_c = self.clusters(pool, labeled, seed)
+        scores = [_finite(r.S, r, "S") for r in pool]
+        return cluster_round_robin(scores, pool_c, lab_c, budget)
 
 
 def scoring_options(strategy: str | SelectionStrategy, mc_passes: int = 10) -> dict[str, object]:

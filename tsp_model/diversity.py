@@ -1,0 +1,163 @@
+"""Diversity for the queue: clusters of similar images, the per-cluster order Label Studio serves,
+and a typical, diverse first batch before any model exists.
+
+Uncertainty alone picks near-duplicates: neighbouring slices through one bleed look alike and
+score alike, so they would all sit at the front of the queue. Three tools:
+
+- :func:`embedding_clusters`: k-means (scikit-learn) of image embeddings; the number of clusters
+  follows :func:`cluster_count` (b, the batch size: one batch can then visit every cluster once).
+- :func:`cluster_round_robin`: the order Label Studio's *Uncertainty sampling* serves one
+  annotator when each prediction carries a ``cluster`` (``projects/functions/next_task.py``,
+  ``_try_uncertainty_sampling``, 1.23): the tasks of the clusters where this annotator has
+  labeled the fewest tasks first, lowest score first within them, and that count grows with
+  every task served. The ``tsp_diverse`` strategy selects with it, so Algorithm 1 replays what
+  Label Studio will serve.
+- :func:`typiclust_first_batch`: TypiClust (Hacohen et al., ICML 2022) for cycle 1, which has no
+  model: k-means of a label-free embedding into b clusters, and from each the most *typical*
+  image (the highest density, 1 / mean distance to its nearest neighbours).
+  :func:`thumbnail_embeddings` is that label-free embedding: each image shrunk to 32 x 32 gray
+  levels, centered, then PCA (scikit-learn) to at most 32 dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "cluster_count",
+    "cluster_round_robin",
+    "embedding_clusters",
+    "thumbnail_embeddings",
+    "typicality",
+    "typiclust_first_batch",
+]
+
+
+def cluster_count(n_images: int, budget: int) -> int:
+    """The documented rule for k: b clusters (one batch can cover each once), at least 2 and at
+    most half the images (a cluster should hold more than one image)."""
+    if n_images < 2:
+        return 1
+    return int(max(2, min(budget, n_images // 2)))
+
+
+def embedding_clusters(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """k-means labels (Int64[N]) of the rows of ``x`` (float[N, D]); k is clipped to N."""
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    k = max(1, min(int(k), n))
+    if k == 1:
+        return np.zeros(n, dtype=np.int64)
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed)
+    return km.fit_predict(x).astype(np.int64)
+
+
+def cluster_round_robin(
+    scores: Sequence[float], clusters: Sequence[int], labeled_clusters: Sequence[int] = (), budget: int | None = None
+) -> list[int]:
+    """Indices in the order Label Studio's Uncertainty sampling serves one annotator.
+
+    At each step the next task is the lowest-scored one among the clusters where the annotator
+    has labeled the fewest tasks so far (``labeled_clusters``: the cluster of every task they
+    labeled before), ties broken by cluster id then by index; the served task then counts as
+    labeled in its cluster.
+
+    Args:
+        scores: the queue score of each pool task (S_i: lowest first).
+        clusters: each pool task's cluster.
+        labeled_clusters: the cluster of each task already labeled.
+        budget: stop after this many (default: order the whole pool).
+    """
+    import heapq
+
+    n = len(scores)
+    if len(clusters) != n:
+        raise ValueError(f"{n} scores but {len(clusters)} clusters")
+    count: dict[int, int] = {}
+    for c in labeled_clusters:
+        count[int(c)] = count.get(int(c), 0) + 1
+    queues: dict[int, list[tuple[float, int]]] = {}
+    for i, (s, c) in enumerate(zip(scores, clusters)):
+        queues.setdefault(int(c), []).append((float(s), i))
+    for q in queues.values():
+        q.sort()
+    heads = {c: 0 for c in queues}
+    # one heap entry per cluster with tasks left: (labeled count, lowest score left, cluster)
+    heap = [(count.get(c, 0), q[0][0], c) for c, q in queues.items()]
+    heapq.heapify(heap)
+    order: list[int] = []
+    limit = n if budget is None else min(int(budget), n)
+    while heap and len(order) < limit:
+        cnt, _, c = heapq.heappop(heap)
+        _, i = queues[c][heads[c]]
+        order.append(i)
+        heads[c] += 1
+        if heads[c] < len(queues[c]):
+            heapq.heappush(heap, (cnt + 1, queues[c][heads[c]][0], c))
+    return order
+
+
+def typicality(x: np.ndarray, neighbours: int = 20) -> np.ndarray:
+    """TypiClust's typicality of each row: 1 / (mean Euclidean distance to its ``neighbours``
+    nearest other rows); float[N]. A single row gets 1."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    if n < 2:
+        return np.ones(n)
+    k = min(neighbours, n - 1)
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    return 1.0 / (dist[:, 1:].mean(axis=1) + 1e-12)
+
+
+def typiclust_first_batch(x: np.ndarray, budget: int, seed: int = 0, neighbours: int = 20) -> list[int]:
+    """TypiClust without labels: k-means into ``budget`` clusters, the most typical row of each.
+
+    Clusters are visited largest first (TypiClust's order), so a smaller budget than the
+    cluster count still takes the densest regions. Typicality is measured within the cluster,
+    as TypiClust does. Returns ``budget`` row indices (all rows when fewer).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    budget = min(int(budget), n)
+    if budget <= 0:
+        return []
+    labels = embedding_clusters(x, budget, seed=seed)
+    sizes = np.bincount(labels, minlength=budget)
+    picks: list[int] = []
+    for c in sorted(range(len(sizes)), key=lambda c: (-sizes[c], c)):
+        members = np.flatnonzero(labels == c)
+        if not len(members):
+            continue
+        typ = typicality(x[members], neighbours)
+        picks.append(int(members[int(np.argmax(typ))]))
+        if len(picks) == budget:
+            break
+    return picks
+
+
+def thumbnail_embeddings(paths: Sequence[str | Path], side: int = 32, dims: int = 32, seed: int = 0) -> np.ndarray:
+    """A label-free, model-free embedding: gray ``side`` x ``side`` thumbnails, centered, PCA to
+    at most ``dims`` dimensions (scikit-learn); float[N, d]."""
+    from PIL import Image
+    from sklearn.decomposition import PCA
+
+    from tsp_model.data.image_io import read_image
+
+    rows = []
+    for p in paths:
+        img = read_image(p)  # float32 [H, W, 3] in 0..1
+        gray = Image.fromarray((img.mean(axis=2) * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+        rows.append(np.asarray(gray, dtype=np.float64).reshape(-1) / 255.0)
+    x = np.stack(rows) if rows else np.zeros((0, side * side))
+    x = x - x.mean(axis=0, keepdims=True)
+    d = int(min(dims, max(1, x.shape[0] - 1), x.shape[1]))
+    if x.shape[0] < 3:
+        return x
+    return PCA(n_components=d, random_state=seed).fit_transform(x)
