@@ -24,7 +24,7 @@ predicted loss (``learning_loss``: a checkpoint trained with ``model.learning_lo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,10 @@ __all__ = [
     "check_checkpoint_supports",
     "pool_queue",
     "queue_predictions",
+    "queue_clusters",
     "queue_version",
     "resolve_strategy",
+    "snapshot_series",
     "scores_by_task",
     "split_queue_version",
 ]
@@ -147,11 +149,56 @@ class PoolQueue:
     scores_path: Path  # pool score file: S_i, c, b, m, s per task
     records: list[ImageScore]
     priority: dict[int, float]  # task id -> pushed score (S_i for tsp; rank / N otherwise)
+    labeled: list[ImageScore] = field(default_factory=list)  # the snapshot's labeled tasks, scored
+    clusters: dict[int, int] = field(default_factory=dict)  # task id -> cluster (pool and labeled)
+
+
+def snapshot_series(snap: Any) -> dict[int, str]:
+    """Task id -> DICOM series (``series_id`` that ``tsp-sync pull`` copies from the task data's
+    SeriesInstanceUID) for every task of the snapshot that has one."""
+    out = {int(t["task_id"]): str(t["series_id"]) for t in snap.pool() if t.get("series_id")}
+    doc = json.loads(snap.annotations.read_text())
+    out.update({int(im["id"]): str(im["series_id"]) for im in doc["images"] if im.get("series_id")})
+    return out
+
+
+def queue_clusters(records: list[ImageScore], labeled: list[ImageScore], cfg: TSPConfig,
+                   series: dict[int, str] | None = None) -> dict[int, int]:
+    """Task id -> cluster for Label Studio's per-annotator order, over pool and labeled tasks.
+
+    ``active.cluster_source``: ``"series"`` numbers the DICOM series (when every task has one;
+    otherwise it falls back to embeddings with a warning), ``"embedding"`` runs k-means on the
+    FPN embeddings with k = :func:`tsp_model.diversity.cluster_count` (b = ``active.budget``),
+    ``"none"`` gives no clusters.
+    """
+    import logging
+
+    from tsp_model.diversity import cluster_count, embedding_clusters
+    from tsp_model.embeddings import embedding_matrix
+
+    source = cfg.active.cluster_source
+    every = [*records, *labeled]
+    if source == "none" or not every:
+        return {}
+    ids = [int(r.image_id) for r in every]
+    if source == "series":
+        series = series or {}
+        if all(i in series for i in ids):
+            names = sorted({series[i] for i in ids})
+            index = {name: k for k, name in enumerate(names)}
+            return {i: index[series[i]] for i in ids}
+        missing = sum(i not in series for i in ids)
+        logging.getLogger(__name__).warning(
+            "active.cluster_source = 'series': %d of %d tasks have no DICOM series (SeriesInstanceUID); "
+            "clustering embeddings instead", missing, len(ids))
+    x = embedding_matrix(every, what="task")
+    labels = embedding_clusters(x, cluster_count(len(every), cfg.active.budget), seed=cfg.train.seed)
+    return {i: int(c) for i, c in zip(ids, labels)}
 
 
 def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, progress: bool = True) -> PoolQueue:
-    """Score the snapshot's pool with ``checkpoint`` (with what ``active.strategy`` needs) and
-    compute every task's queue score.
+    """Score the snapshot's pool with ``checkpoint`` (with what ``active.strategy`` and the
+    clusters need) and compute every task's queue score and cluster.
 
     Raises:
         ConfigError: unknown strategy, or the checkpoint lacks what the strategy needs.
@@ -163,15 +210,20 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
 
     strategy = resolve_strategy(cfg)
     check_checkpoint_supports(strategy, load_checkpoint(checkpoint), checkpoint)
-    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, progress=progress)
-    records = read_jsonl(path)
     strat = get_strategy(strategy, cfg.active)
-    opts = scoring_options(strat, cfg.active.mc_passes)
+    opts = dict(scoring_options(strat, cfg.active.mc_passes))
+    clustered = cfg.active.cluster_source != "none"
+    if clustered:
+        opts["embeddings"] = True  # the embedding clusters (and the fallback of "series")
+    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, progress=progress,
+                                        embeddings=bool(opts["embeddings"]), mc_passes=int(opts["mc_passes"]))
+    records = read_jsonl(path)
     if _missing_extras(records, opts, strat.needs):
         # the reused score file was written for another strategy: score again with its data
         pool = snap.pool()
         items = [(t["task_id"], snap.image_dir / t["file_name"], t["file_name"]) for t in pool]
-        _score_items(checkpoint, cfg, items, path, embeddings=None, mc_passes=None, progress=progress)
+        _score_items(checkpoint, cfg, items, path, embeddings=bool(opts["embeddings"]),
+                     mc_passes=int(opts["mc_passes"]), progress=progress)
         records = read_jsonl(path)
     # a reused score file keeps every detection: S_i follows the current thresholds without
     # new inference, and the file is rewritten so that it always holds the S_i that is pushed
@@ -179,14 +231,19 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
     if changed:
         write_jsonl(path, records)
 
+    labeled: list[ImageScore] = []
+    if opts["score_labeled"] or clustered:
+        labeled, _ = rescore(labeled_records(workdir, snap, checkpoint, cfg, version, progress=progress), cfg.active)
+    clusters = queue_clusters(records, labeled, cfg, snapshot_series(snap)) if clustered else {}
+    for rec in [*records, *labeled]:  # the strategy (tsp_diverse) uses the same clusters as the queue
+        if int(rec.image_id) in clusters:
+            rec.extras["cluster"] = clusters[int(rec.image_id)]
+
     if strategy == DEFAULT_STRATEGY:
         priority = {int(r.image_id): float(r.S) for r in records}
     else:
-        labeled: list[ImageScore] = []
-        if opts["score_labeled"]:
-            labeled = labeled_records(workdir, snap, checkpoint, cfg, version, progress=progress)
         # core_set ranks greedily in O(N^2 D): order the first active.budget picks, the rest share 1.0
-        budget = cfg.active.budget if "embedding" in strat.needs else None
+        budget = cfg.active.budget if strategy == "core_set" else None
         try:
             ranks = priority_scores(records, strat, seed=cfg.train.seed + snap.number, labeled=labeled,
                                     budget=budget)
@@ -196,22 +253,34 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
             raise SyncError(f"active.strategy = {strategy!r}: {exc}") from None
         priority = {int(k): float(v) for k, v in ranks.items()}
     return PoolQueue(strategy=strategy, model_version=version, queue_version=queue_version(version, strategy),
-                     scores_path=path, records=records, priority=priority)
+                     scores_path=path, records=records, priority=priority, labeled=labeled, clusters=clusters)
 
 
 def queue_predictions(queue: PoolQueue, target: Any, show_threshold: float) -> dict[int, dict[str, Any]]:
     """``{task id: prediction}``: the backend's regions (``tsp_backend.regions.prediction_for_task``:
-    the shown set, ``c >= show_threshold``) under ``queue.queue_version``; the prediction's
-    ``score`` is the record's ``S_i`` exactly for ``tsp``, the task's priority for any other
-    strategy."""
+    the shown set, ``c >= show_threshold``) under ``queue.queue_version``, with the task's
+    cluster. The ``score`` is the record's ``S_i`` exactly for ``tsp``, the task's priority for
+    any other strategy.
+
+    Labeled tasks get one too (their own S_i and cluster): Label Studio counts an annotator's
+    labeled tasks per cluster from the predictions those tasks hold, so each re-score must give
+    them a prediction with their cluster under the new clustering (never served: they are done).
+    """
     from tsp_backend.regions import prediction_for_task
 
     out = {}
     for rec in queue.records:
         score = None if queue.strategy == DEFAULT_STRATEGY else queue.priority[int(rec.image_id)]
         out[int(rec.image_id)] = prediction_for_task(
-            rec, target, model_version=queue.queue_version, show_threshold=show_threshold, score=score
+            rec, target, model_version=queue.queue_version, show_threshold=show_threshold, score=score,
+            cluster=queue.clusters.get(int(rec.image_id)),
         )
+    if queue.clusters:
+        for rec in queue.labeled:
+            out.setdefault(int(rec.image_id), prediction_for_task(
+                rec, target, model_version=queue.queue_version, show_threshold=show_threshold,
+                cluster=queue.clusters.get(int(rec.image_id)),
+            ))
     return out
 
 

@@ -222,12 +222,15 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
             entry = _fetch_image(cache, tid, str(url))
             w, h = int(entry["width"]), int(entry["height"])
             ann = chosen[tid]
+            # the DICOM series of a slice imported by tsp-sync import (active.cluster_source = "series")
+            series = (t.get("data") or {}).get("SeriesInstanceUID") or (t.get("data") or {}).get("series_id")
+            extra = {"series_id": str(series)} if series else {}
             if ann is None:
-                pool.append({"task_id": tid, "file_name": entry["file_name"], "width": w, "height": h})
+                pool.append({"task_id": tid, "file_name": entry["file_name"], "width": w, "height": h, **extra})
                 fingerprint_items.append(("pool", tid, entry["file_name"]))
                 continue
             images.append({"id": tid, "file_name": entry["file_name"], "width": w, "height": h,
-                           "ls_annotation_id": ann.get("id")})
+                           "ls_annotation_id": ann.get("id"), **extra})
             fingerprint_items.append(("labeled", tid, entry["file_name"], ann.get("id"), str(ann.get("updated_at"))))
             n_before = len(annotations)
             for k, region in enumerate(ann.get("result") or []):

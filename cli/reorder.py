@@ -156,7 +156,10 @@ def reorder(
             log.warning("task %s is locked for this token's user by an earlier /next; the check is inconclusive "
                         "until the lock expires", check["next_task"])
     top = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[:10]
-    # "score": what the queue is ordered by; "S": S_i (NaN when the score file is gone)
-    summary["top"] = [{"task": t, "score": sc, "S": image_scores.get(t, math.nan)} for t, sc in top]
+    clusters = {p["task"]: p.get("cluster") for p in preds}
+    # "score": what the queue is ordered by; "S": S_i (NaN when the score file is gone); "cluster":
+    # Label Studio serves each annotator the lowest score of the cluster they labeled least in
+    summary["top"] = [{"task": t, "score": sc, "S": image_scores.get(t, math.nan), "cluster": clusters.get(t)}
+                      for t, sc in top]
     workdir.update_state("last_reorder", summary)
     return summary

@@ -89,10 +89,12 @@ def pseudo_counts(records: list[Any], sigma_c: float, sigma_b: float, sigma_m: f
 
 
 def score_snapshot_pool(
-    workdir: Workdir, snap: Snapshot, checkpoint: Path, config: Any, *, progress: bool = True
+    workdir: Workdir, snap: Snapshot, checkpoint: Path, config: Any, *, progress: bool = True,
+    embeddings: bool | None = None, mc_passes: int | None = None,
 ) -> tuple[Path, str]:
     """Score the snapshot's pool with ``checkpoint`` into ``scores/<version>.s<n>.jsonl``
-    (reused when present: the file is written atomically, so it is complete). Returns
+    (reused when present: the file is written atomically, so it is complete). ``embeddings`` /
+    ``mc_passes``: strategy data for the records (None: what ``active.strategy`` needs). Returns
     ``(path, model_version)``."""
     from tsp_model.engine.checkpoint import load_checkpoint, load_model
     from tsp_model.engine.distributed import resolve_device
@@ -109,6 +111,7 @@ def score_snapshot_pool(
         loaded.model,
         [(t["task_id"], image_dir / t["file_name"], t["file_name"]) for t in pool],
         class_names=loaded.class_names, config=config, out_path=out, model_version=version, progress=progress,
+        embeddings=embeddings, mc_passes=mc_passes,
     )
     return out, version
 

@@ -2,7 +2,9 @@
 
 Each prediction is built by ``tsp_backend.regions.prediction_for_task`` (regions with ``s`` as
 score and ``c``, ``b``, ``m`` in ``meta.text``; its ``model_version`` the checkpoint's), so it
-equals what the backend serves for the same task. The prediction's ``score``, which Label
+equals what the backend serves for the same task, plus a ``cluster`` (``active.cluster_source``):
+Label Studio then serves each annotator the lowest score of the cluster they labeled least in.
+Labeled tasks get a prediction too, for their cluster (see :func:`tsp_cli.priority.queue_predictions`). The prediction's ``score``, which Label
 Studio's Uncertainty sampling serves lowest first, follows ``active.strategy``
 (:mod:`tsp_cli.priority`): ``S_i`` for ``tsp``; for any other strategy its rank / N, under
 ``model_version = "<version>+<strategy>"``. ``S_i`` stays in ``scores/<version>.s<n>.jsonl``.
@@ -33,7 +35,7 @@ from tsp_cli.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TSP_PREFIX", "delete_model_version", "list_predictions", "push_predictions", "score"]
+__all__ = ["TSP_PREFIX", "delete_model_version", "list_predictions", "push_predictions", "score", "set_clusters"]
 
 TSP_PREFIX = "tsp-"  # make_model_version's prefix: what marks a prediction as ours
 SCORE_TOLERANCE = 1e-7  # Label Studio stores scores as floats; S_i and rank / N differ by far more
@@ -47,7 +49,8 @@ def list_predictions(client: Any, project_id: int) -> list[dict[str, Any]]:
         for p in client.predictions.list(project=project_id):
             task = p.task if not isinstance(p.task, dict) else p.task.get("id")
             out.append({"id": int(p.id), "task": int(task), "model_version": str(p.model_version or ""),
-                        "score": None if p.score is None else float(p.score)})
+                        "score": None if p.score is None else float(p.score),
+                        "cluster": None if getattr(p, "cluster", None) is None else int(p.cluster)})
         return out
 
     return call(client, f"listing the predictions of project {project_id}", _list)
@@ -81,6 +84,10 @@ def push_predictions(
     finally:
         bar.close()
 
+    # Label Studio's import-predictions endpoint stores result, score and model_version only: the
+    # cluster goes on each current prediction through the predictions API before the queue moves
+    set_clusters(client, project.id, predictions, model_version, progress=progress)
+
     if project.model_version.startswith(TSP_PREFIX) and project.model_version != model_version:
         # the queue follows the project's model_version: move it to the new predictions before the
         # old ones go, so Label Studio never falls back to random order in between
@@ -113,9 +120,38 @@ def push_predictions(
     return {"pushed": len(todo), "already": len(predictions) - len(todo), "deleted": len(stale) + len(dupes)}
 
 
+def set_clusters(client: Any, project_id: int, predictions: dict[int, dict[str, Any]], model_version: str, *,
+                 progress: bool = True) -> int:
+    """Give each task's current prediction (the newest of ``model_version`` with the task's score)
+    the ``cluster`` of ``predictions[task]``: one PATCH /api/predictions/{id}/ per prediction whose
+    cluster differs. Returns how many were changed. Idempotent: a resumed push patches the rest."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    wanted = {tid: p["cluster"] for tid, p in predictions.items() if p.get("cluster") is not None}
+    if not wanted:
+        return 0
+    newest: dict[int, dict[str, Any]] = {}
+    for p in list_predictions(client, project_id):
+        if p["task"] in wanted and _is_current(p, predictions, model_version):
+            if p["task"] not in newest or p["id"] > newest[p["task"]]["id"]:
+                newest[p["task"]] = p
+    todo = [(p["id"], wanted[t]) for t, p in sorted(newest.items()) if p.get("cluster") != wanted[t]]
+
+    def _patch(pid: int, cluster: int) -> None:
+        resp = client._client_wrapper.httpx_client.request(f"api/predictions/{pid}/", method="PATCH",
+                                                           json={"cluster": int(cluster)})
+        if resp.status_code >= 400:
+            raise ApiError(status_code=resp.status_code, body=resp.text)
+
+    for pid, cluster in tqdm(todo, desc="set clusters", unit="pred", disable=not progress or not todo, file=sys.stderr):
+        call(client, f"setting the cluster of prediction {pid}", _patch, pid, cluster)
+    return len(todo)
+
+
 def _is_current(existing: dict[str, Any], predictions: dict[int, dict[str, Any]], model_version: str) -> bool:
     """An existing prediction is current: the new ``model_version`` and, for a task being pushed,
-    the same ``score`` (rank-based scores move when the pool changes under the same model)."""
+    the same ``score`` (rank-based scores move when the pool changes under the same model); its
+    cluster is set afterwards (:func:`set_clusters`)."""
     if existing["model_version"] != model_version:
         return False
     new = predictions.get(existing["task"])
@@ -182,7 +218,8 @@ def score(
     version = queue.queue_version
     pushed = push_predictions(client, project, predictions, version, batch_size=settings.push_batch, progress=progress)
     S = {int(r.image_id): float(r.S) for r in queue.records}
-    order = sorted((p["score"], tid) for tid, p in predictions.items())
+    # the queue is the pool's; labeled tasks hold a prediction for their cluster only
+    order = sorted((p["score"], tid) for tid, p in predictions.items() if tid in S)
     summary = {
         "snapshot": snap.number,
         "model_version": version,  # what Label Studio holds: "<checkpoint version>[+<strategy>]"
@@ -192,7 +229,9 @@ def score(
         "pool": len(snap.pool()),
         "scored": len(queue.records),
         **pushed,
-        "top": [{"task": tid, "score": sc, "S": S[tid]} for sc, tid in order[:10]],
+        "clusters": len(set(queue.clusters.values())),
+        "cluster_source": cfg.active.cluster_source if queue.clusters else "none",
+        "top": [{"task": tid, "score": sc, "S": S[tid], "cluster": queue.clusters.get(tid)} for sc, tid in order[:10]],
         "seconds": round(time.perf_counter() - t0, 1),
     }
     workdir.update_state("last_score", summary)

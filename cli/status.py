@@ -85,13 +85,14 @@ def format_status(info: dict[str, Any], top_n: int = 10) -> str:
     top = latest.get("top") or []
     if top:
         strategy = _strategy_of(latest)
-        if strategy == DEFAULT_STRATEGY:
-            lines.append("top of the queue (tsp: lowest S_i first):")
-            lines += [f"  task {e['task']:>6}  S = {e['S']:.4f}" for e in top[:top_n]]
-        else:
-            lines.append(f"top of the queue ({strategy} order: lowest score = rank / N first):")
-            lines += [f"  task {e['task']:>6}  score = {e.get('score', 0.0):.4f}  S = {e['S']:.4f}"
-                      for e in top[:top_n]]
+        clustered = any(e.get("cluster") is not None for e in top)
+        order = "lowest S_i first" if strategy == DEFAULT_STRATEGY else "lowest score = rank / N first"
+        lines.append(f"top of the queue by score ({strategy}: {order})" + (
+            "; each annotator is served the lowest of the cluster they labeled least in" if clustered else "") + ":")
+        for e in top[:top_n]:
+            score = "" if strategy == DEFAULT_STRATEGY else f"  score = {e.get('score', 0.0):.4f}"
+            cluster = f"  cluster {e['cluster']}" if e.get("cluster") is not None else ""
+            lines.append(f"  task {e['task']:>6}{score}  S = {e['S']:.4f}{cluster}")
     return "\n".join(lines)
 
 

@@ -182,19 +182,31 @@ def test_cycle_pushes_one_current_prediction_per_unlabeled_task(ich, cycled, ls_
         assert p.model_version == version
         # the queue Label Studio serves is exactly the score file's S_i
         assert p.score == pytest.approx(S[task], abs=1e-9)
-    for task in ich["labeled"]:
-        assert task not in preds
+    for task in ich["labeled"]:  # a prediction for its cluster: Label Studio counts labeled tasks per cluster
+        assert [p.model_version for p in preds[task]] == [version]
+    clusters = {t: ps[0].cluster for t, ps in preds.items()}
+    assert all(c is not None for c in clusters.values())
+    assert state["last_score"]["clusters"] == len(set(clusters.values())) >= 2
     project = ls_client.projects.get(id=ich["project_id"])
     assert project.model_version == version and project.sampling == "Uncertainty sampling"
     views = [v for v in ls_client.views.list(project=ich["project_id"]) if (v.data or {}).get("title") == "TSP priority"]
     assert len(views) == 1 and views[0].data["ordering"] == ["tasks:predictions_score"]
 
 
-def test_next_serves_lowest_score(ich, cycled, label_studio, ls_client):
+def test_next_serves_lowest_score_of_the_least_labeled_cluster(ich, cycled, label_studio, ls_client):
+    """The token's user labeled the first batch: Label Studio serves them the lowest S_i among the
+    clusters where they labeled fewest (tsp_model.diversity.cluster_round_robin's first pick)."""
+    from collections import Counter
+
     preds = current_predictions(ls_client, ich["project_id"])
-    scores = {t: ps[0].score for t, ps in preds.items()}
+    pool = [t for t in ich["pool"] if t != ich["skipped"]]  # a skipped task is not served again
+    # Label Studio counts the tasks this user finished, skipped ones included
+    mine = Counter(preds[t][0].cluster for t in [*ich["labeled"], ich["skipped"]])
+    least = min(mine.get(preds[t][0].cluster, 0) for t in pool)
+    candidates = {t: preds[t][0].score for t in pool if mine.get(preds[t][0].cluster, 0) == least}
     nxt = next_task(label_studio, ls_client, ich["project_id"])
-    assert scores[nxt["id"]] == pytest.approx(min(scores.values()), abs=1e-9), (nxt["id"], scores)
+    assert nxt["id"] in candidates and candidates[nxt["id"]] == pytest.approx(min(candidates.values()), abs=1e-9), \
+        (nxt["id"], candidates)
 
 
 def test_second_score_replaces_rather_than_duplicates(ich, cycled, ls_client):
@@ -237,15 +249,17 @@ def test_interrupted_push_keeps_old_predictions_and_resumes(ich, cycled, ls_clie
     for task in ich["pool"]:
         versions = [p.model_version for p in mid.get(task, [])]
         assert set(old[task]) <= set(versions), task  # nothing old deleted before all new ones exist
-    assert sum(len(mid[t]) == 2 for t in ich["pool"]) == 3  # exactly the first batch of 3 landed
+    every = ich["pool"] + list(ich["labeled"])  # labeled tasks get a prediction too (their cluster)
+    assert sum(len(mid.get(t, [])) == 2 for t in every) == 3  # exactly the first batch of 3 landed
 
     again = run(ich, "score", "--project", "ich")
     assert again.exit_code == 0, again.output
-    assert "4 predictions pushed (3 already current)" in again.output
+    assert f"{len(every) - 3} predictions pushed (3 already current)" in again.output
     version = json.loads((ich["work"] / "work" / "state.json").read_text())["last_score"]["model_version"]
     final = current_predictions(ls_client, ich["project_id"])
-    for task in ich["pool"]:
+    for task in every:  # one current prediction each, and its cluster set although the push was cut
         assert [p.model_version for p in final[task]] == [version]
+        assert final[task][0].cluster is not None
 
 
 def test_interrupted_pull_keeps_previous_snapshot(ich, cycled, ls_client, monkeypatch):

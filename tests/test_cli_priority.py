@@ -69,10 +69,16 @@ def test_tsp_pushes_S_unchanged(project) -> None:
     assert sorted(q.priority) == sorted(t["task_id"] for t in snap.pool())
     assert q.priority == {int(r.image_id): r.S for r in q.records}
     preds = queue_predictions(q, _target(), show_threshold=0.0)
-    for rec in q.records:  # exactly what the backend would serve, the score exactly S_i
+    for rec in q.records:  # exactly what the backend would serve, the score exactly S_i, plus the cluster
         assert preds[int(rec.image_id)] == prediction_for_task(rec, _target(), model_version=VERSION,
-                                                               show_threshold=0.0)
+                                                               show_threshold=0.0, cluster=q.clusters[int(rec.image_id)])
         assert preds[int(rec.image_id)]["score"] == rec.S
+    # every pool and labeled task has a cluster; k = b (active.budget) clusters at most
+    labeled = [int(r.image_id) for r in q.labeled]
+    assert labeled and sorted(q.clusters) == sorted([int(r.image_id) for r in q.records] + labeled)
+    assert set(q.clusters.values()) <= set(range(_settings(wd).train_config().active.budget))
+    for tid in labeled:  # labeled tasks hold a prediction for their cluster (never served: they are done)
+        assert preds[tid]["cluster"] == q.clusters[tid]
 
 
 def test_class_entropy_scores_follow_mean_entropy(project) -> None:
@@ -92,7 +98,8 @@ def test_class_entropy_scores_follow_mean_entropy(project) -> None:
     assert min(preds, key=lambda t: preds[t]["score"]) == by_entropy[0]
     for rec in q.records:
         tid = int(rec.image_id)
-        served = prediction_for_task(rec, _target(), model_version=VERSION, show_threshold=0.0)
+        served = prediction_for_task(rec, _target(), model_version=VERSION, show_threshold=0.0,
+                                     cluster=q.clusters[tid])
         assert preds[tid]["result"] == served["result"]  # regions (s, c, b, m) untouched
         assert preds[tid]["model_version"] == f"{VERSION}+class_entropy"
         assert preds[tid]["score"] == pytest.approx(by_entropy.index(tid) / n)
@@ -115,11 +122,12 @@ def test_core_set_rescores_without_embeddings_and_scores_labeled_once(project) -
     from tsp_model.strategies import priority_scores
 
     wd, snap, ckpt = project
-    pool_queue(wd, snap, ckpt, _settings(wd).train_config(), progress=False)  # tsp: no embeddings
+    # tsp without clusters needs no embeddings
+    pool_queue(wd, snap, ckpt, _settings(wd, cluster_source="none").train_config(), progress=False)
     path = wd.scores / f"{VERSION}.s{snap.number}.jsonl"
     assert not any("embedding" in r.extras for r in read_jsonl(path))
 
-    cfg = _settings(wd, strategy="core_set").train_config()
+    cfg = _settings(wd, strategy="core_set", cluster_source="none").train_config()
     q = pool_queue(wd, snap, ckpt, cfg, progress=False)
     assert all("embedding" in r.extras for r in read_jsonl(path))  # scored again for core_set
     labeled_path = wd.scores / "labeled" / f"{VERSION}.s{snap.number}.jsonl"
@@ -132,6 +140,29 @@ def test_core_set_rescores_without_embeddings_and_scores_labeled_once(project) -
     mtime = labeled_path.stat().st_mtime_ns
     again = pool_queue(wd, snap, ckpt, cfg, progress=False)
     assert again.priority == q.priority and labeled_path.stat().st_mtime_ns == mtime  # reused
+
+
+def test_clusters_none_pushes_no_cluster_and_no_labeled_predictions(project) -> None:
+    wd, snap, ckpt = project
+    q = pool_queue(wd, snap, ckpt, _settings(wd, cluster_source="none").train_config(), progress=False)
+    assert q.clusters == {}
+    preds = queue_predictions(q, _target(), show_threshold=0.0)
+    assert sorted(preds) == sorted(int(r.image_id) for r in q.records)  # the pool only
+    assert all("cluster" not in p for p in preds.values())
+
+
+def test_series_clusters_follow_the_dicom_series_of_each_task() -> None:
+    from tsp_cli.priority import queue_clusters
+    from tsp_model.config import TSPConfig
+    from tsp_model.records import ImageScore
+
+    cfg = TSPConfig()
+    cfg.active.cluster_source = "series"
+    recs = [ImageScore(i, f"{i}.png", 8, 8, S=0.5) for i in (1, 2, 3)]
+    lab = [ImageScore(4, "4.png", 8, 8, S=0.5)]
+    series = {1: "1.2.840.9", 2: "1.2.840.7", 3: "1.2.840.9", 4: "1.2.840.7"}
+    # series numbered in sorted order: ...7 -> 0, ...9 -> 1
+    assert queue_clusters(recs, lab, cfg, series) == {1: 1, 2: 0, 3: 1, 4: 0}
 
 
 def _checkpoint_with(model_dir: Path, **model) -> Path:
@@ -273,11 +304,17 @@ def test_status_names_the_strategy_that_ordered_the_queue(tmp_path: Path) -> Non
     text = format_status(info)
     assert f"predictions {ce} ordered by class_entropy" in text
     assert "ordered by class_entropy, Uncertainty sampling, view 3; /next serves task 11" in text
-    assert "top of the queue (class_entropy order" in text
+    assert "top of the queue by score (class_entropy: lowest score = rank / N first):" in text
     assert text.splitlines()[-2:] == ["  task     11  score = 0.0000  S = 0.4200",
                                       "  task     10  score = 0.5000  S = 0.1000"]
     # a summary written before strategies were recorded: tsp, S_i only
     info["last_reorder"] = None
     info["last_score"] = {"model_version": VERSION, "top": [{"task": 10, "S": 0.1}]}
     text = format_status(info)
-    assert "top of the queue (tsp: lowest S_i first):" in text and text.endswith("task     10  S = 0.1000")
+    assert "top of the queue by score (tsp: lowest S_i first):" in text and text.endswith("task     10  S = 0.1000")
+    # with clusters: each task's cluster, and what the order means for an annotator
+    info["last_score"] = {"model_version": VERSION, "top": [{"task": 10, "S": 0.1, "cluster": 3},
+                                                             {"task": 12, "S": 0.2, "cluster": 0}]}
+    text = format_status(info)
+    assert "each annotator is served the lowest of the cluster they labeled least in" in text
+    assert text.splitlines()[-2:] == ["  task     10  S = 0.1000  cluster 3", "  task     12  S = 0.2000  cluster 0"]

@@ -148,6 +148,12 @@ class ActiveConfig:
     empty_image_rule: Literal["max_c", "constant"] = "max_c"
     empty_image_score: float = 1.0
     show_threshold: float = 0.5
+    # Label Studio's Uncertainty sampling serves each annotator the lowest score of the cluster
+    # they labeled least in (tsp_model.diversity): every pushed prediction carries a cluster.
+    # "embedding": k-means of the model's FPN embeddings, k = budget; "series": the DICOM
+    # series of the slice (tasks imported by tsp-sync import; others fall back to embedding);
+    # "none": no clusters, the queue is the score order alone.
+    cluster_source: Literal["embedding", "series", "none"] = "embedding"
     # T, stochastic forward passes of the dropout heads for the mc_dropout strategy (batched:
     # one backbone/RPN pass, the heads run on T stacked copies of the RoI features).
     mc_passes: int = 10
