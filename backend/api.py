@@ -127,8 +127,9 @@ def create_app(
 
     def build(data: dict[str, Any], config_key: str) -> TSPBackend:
         project = str(data.get("project") or "")
-        return TSPBackend(project.split(".", 1)[0] or None, data.get(config_key), model_dir=model_dir,
-                          fetcher=fetcher, limits=limits)
+        config = data.get(config_key)
+        return TSPBackend(project.split(".", 1)[0] or None, config if isinstance(config, str) else None,
+                          model_dir=model_dir, fetcher=fetcher, limits=limits)
 
     if basic_auth is not None:
         @app.before_request

@@ -193,6 +193,7 @@ class TSPBackend:
         empty_score = self.loaded.config.active.empty_image_score
         deadline = self.started + self.limits.predict_timeout_s
         predictions = []
+        late = 0
         for task in tasks:
             task_id = task.get("id") if isinstance(task, dict) else None
             try:
@@ -214,12 +215,18 @@ class TSPBackend:
                 predictions.append(
                     prediction_for_task(instances, self.target, w, h, model_version=version, empty_score=empty_score)
                 )
-            except (ImageFetchError, _OutOfTime) as exc:
+            except _OutOfTime as exc:  # logged once below, not once per task
+                late += 1
+                predictions.append({"model_version": version, "error": f"task {task_id}: {exc}"})
+            except ImageFetchError as exc:
                 logger.error("task %s: no prediction: %s", task_id, exc)
                 predictions.append({"model_version": version, "error": f"task {task_id}: {exc}"})
             except Exception as exc:  # one bad task must not sink the batch
                 logger.exception("task %s: no prediction: %s", task_id, exc)
                 predictions.append({"model_version": version, "error": f"task {task_id}: {type(exc).__name__}: {exc}"})
+        if late:
+            logger.warning("predict for project %s: the time limit (%g s, %s) ran out; %d of %d task(s) not predicted",
+                           self.project_id, self.limits.predict_timeout_s, ENV_PREDICT_TIMEOUT, late, len(tasks))
         return predictions
 
     def fit(self, event: str, data: dict, **kwargs: Any) -> dict:
