@@ -22,8 +22,10 @@ def _harness(tmp_path: Path) -> Path:
     """A script that adds a `save-loop` command to the real `tsp-sync` group and runs the group."""
     script = tmp_path / "save_loop.py"
     script.write_text(
+        "import signal\n"
         "import sys\n"
         "import torch\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal (a background job ignores it)\n"
         "from tsp_cli.main import cli, handle_errors\n"
         "from tsp_model.engine.checkpoint import save_checkpoint\n"
         "PATH = sys.argv.pop(1)\n"
