@@ -36,6 +36,7 @@ VOLUME ["/models"]
 EXPOSE 9090
 
 # The same one command as outside Docker; inside a container it must listen on 0.0.0.0.
-# BASIC_AUTH_USER / BASIC_AUTH_PASS, LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY come from -e.
+# BASIC_AUTH_USER / BASIC_AUTH_PASS, LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, and the image
+# sources and limits (TSP_ALLOWED_URL_PREFIXES, TSP_ALLOWED_DIRS, TSP_MAX_*; docs/backend.md) come from -e.
 ENTRYPOINT ["tsp-backend"]
 CMD ["--host", "0.0.0.0", "--port", "9090", "--model-dir", "/models"]

@@ -1,8 +1,11 @@
-"""The Label Studio ML backend: ``TSPBackend``, a label-studio-ml ``LabelStudioMLBase`` subclass.
+"""The Label Studio ML backend's model: ``TSPBackend``, shaped like label-studio-ml 2.x's class.
 
-Thin by design (as in label-studio-ml-backend's examples): it loads the newest checkpoint from
-the model directory, runs inference, and shapes regions with :mod:`tsp_backend.regions`.
-Training happens elsewhere (``tsp-sync``); ``fit`` only records that labels changed.
+``TSPBackend(project_id, label_config)`` with ``predict(tasks, context=None, **kwargs)`` and
+``fit(event, data)``, as in label-studio-ml 2.x's ``LabelStudioMLBase``, without depending on it
+(see :mod:`tsp_backend.api` for why). Thin by design (as in label-studio-ml-backend's examples):
+it loads the newest checkpoint from the model directory, runs inference, and shapes regions with
+:mod:`tsp_backend.regions`. Training happens elsewhere (``tsp-sync``); ``fit`` only records that
+labels changed.
 
 Environment:
     TSP_MODEL_DIR      directory of ``*.pt`` checkpoints (newest by mtime is served; reloaded
@@ -10,7 +13,8 @@ Environment:
     TSP_EVENTS_FILE    where annotation events are appended (default
                        ``<TSP_MODEL_DIR>/label_events.jsonl``).
     TSP_DEVICE         ``cpu``, ``cuda``, ``cuda:1``... (default: cuda when available).
-    LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY: see :mod:`tsp_backend.images`.
+    LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, TSP_ALLOWED_URL_PREFIXES, TSP_ALLOWED_DIRS: see
+                       :mod:`tsp_backend.images`; the limits: :mod:`tsp_backend.limits`.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from label_studio_ml.model import LabelStudioMLBase
 
 from tsp_backend.images import ImageFetcher, ImageFetchError
+from tsp_backend.limits import ENV_PREDICT_TIMEOUT, Limits
 from tsp_backend.regions import TagTarget, parse_label_config, prediction_for_task
 from tsp_model.data.image_io import to_tensor
 from tsp_model.engine.checkpoint import CheckpointError, LoadedModel, latest_checkpoint, load_model
@@ -123,34 +127,61 @@ def infer_record(loaded: LoadedModel, image: np.ndarray) -> ImageScore:
     )[0]
 
 
-class TSPBackend(LabelStudioMLBase):
+class TSPBackend:
     """Predicts lesion outlines with scores for BrushLabels or PolygonLabels projects.
 
-    Raises :class:`LabelConfigError` at construction when the label config cannot be served
-    (``/setup`` and ``/predict`` answer it as a 400 naming the tag or labels).
+    One instance per request (the request's own label config); the checkpoint, the image
+    fetcher and the limits are shared by the process.
+
+    Args:
+        project_id: Label Studio's project id (for log lines).
+        label_config: the project's XML label config.
+        model_dir: checkpoints folder (default ``TSP_MODEL_DIR``).
+        fetcher: the process's :class:`ImageFetcher` (default: one from the environment).
+        limits: per-request limits (default :meth:`Limits.from_env`); the ``/predict`` time limit
+            counts from construction.
+
+    Raises:
+        LabelConfigError: the label config cannot be served (``/setup`` and ``/predict`` answer
+            it as a 400 naming the tag or labels).
     """
 
-    def __init__(self, label_config: str | None = None, train_output: dict | None = None, **kwargs: Any) -> None:
-        super().__init__(label_config=label_config, train_output=train_output, **kwargs)
-        model_dir = kwargs.get("tsp_model_dir") or os.environ.get("TSP_MODEL_DIR")
+    TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "PROJECT_UPDATED")
+
+    def __init__(
+        self,
+        project_id: str | None = None,
+        label_config: str | None = None,
+        *,
+        model_dir: str | Path | None = None,
+        fetcher: ImageFetcher | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        self.started = time.monotonic()
+        self.project_id = project_id
+        model_dir = model_dir or os.environ.get("TSP_MODEL_DIR")
         if not model_dir:
             raise RuntimeError("TSP_MODEL_DIR is not set: start the backend with tsp-backend --model-dir DIR")
         self.model_dir = Path(model_dir)
+        self.limits = limits or Limits.from_env()
         self.watcher = CheckpointWatcher.for_dir(self.model_dir)
         self.loaded = self.watcher.current()
         class_names = self.loaded.class_names if self.loaded else None
-        self.target: TagTarget = parse_label_config(label_config or "", class_names)
-        self.fetcher = ImageFetcher.shared(hostname=self.hostname, access_token=self.access_token)
+        self.label_config = label_config or ""
+        self.target: TagTarget = parse_label_config(self.label_config, class_names)
+        self.fetcher = fetcher or ImageFetcher(max_pixels=self.limits.max_image_pixels)
 
     @property
     def model_version(self) -> str:
         return self.loaded.model_version if self.loaded else NO_CHECKPOINT_VERSION
 
-    def predict(self, tasks: list[dict], **kwargs: Any) -> list[dict]:
+    def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: Any) -> list[dict]:
         """One prediction per task (same order); a task that fails gets a dict without "result".
 
         Label Studio skips such an entry (and logs it) and stores the others. With no checkpoint
-        the answer is an empty list (Label Studio stores nothing).
+        the answer is an empty list (Label Studio stores nothing). Tasks not started within the
+        time limit (``limits.predict_timeout_s`` from construction) get such an entry too.
+        ``context`` (interactive pre-annotation) is not used.
         """
         if self.loaded is None:
             logger.warning("predict: no checkpoint in %s yet; answering no predictions for %d task(s)",
@@ -158,32 +189,54 @@ class TSPBackend(LabelStudioMLBase):
             return []
         version = self.loaded.model_version
         show_threshold = self.loaded.config.active.show_threshold
+        deadline = self.started + self.limits.predict_timeout_s
         predictions = []
+        late = 0
         for task in tasks:
-            task_id = task.get("id")
-            url = (task.get("data") or {}).get(self.target.value_key)
+            task_id = task.get("id") if isinstance(task, dict) else None
             try:
+                if not isinstance(task, dict):
+                    raise ImageFetchError("task is not a JSON object")
+                if time.monotonic() >= deadline:
+                    raise _OutOfTime(self.limits.predict_timeout_s)
+                url = (task.get("data") or {}).get(self.target.value_key)
                 if url is None:
                     raise ImageFetchError(f"task data has no {self.target.value_key!r} key (the Image tag's value)")
-                image = self.fetcher.read(url)
-                with self.watcher.infer_lock:
+                image = self.fetcher.read(url, deadline=deadline)
+                if not self.watcher.infer_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    raise _OutOfTime(self.limits.predict_timeout_s)
+                try:
                     record = infer_record(self.loaded, image)
+                finally:
+                    self.watcher.infer_lock.release()
                 predictions.append(
                     prediction_for_task(record, self.target, model_version=version, show_threshold=show_threshold)
                 )
+            except _OutOfTime as exc:  # logged once below, not once per task
+                late += 1
+                predictions.append({"model_version": version, "error": f"task {task_id}: {exc}"})
             except ImageFetchError as exc:
                 logger.error("task %s: no prediction: %s", task_id, exc)
                 predictions.append({"model_version": version, "error": f"task {task_id}: {exc}"})
             except Exception as exc:  # one bad task must not sink the batch
                 logger.exception("task %s: no prediction: %s", task_id, exc)
                 predictions.append({"model_version": version, "error": f"task {task_id}: {type(exc).__name__}: {exc}"})
+        if late:
+            logger.warning("predict for project %s: the time limit (%g s, %s) ran out; %d of %d task(s) not predicted",
+                           self.project_id, self.limits.predict_timeout_s, ENV_PREDICT_TIMEOUT, late, len(tasks))
         return predictions
 
-    def fit(self, tasks: Any, workdir: str | None = None, **kwargs: Any) -> dict:
+    def fit(self, event: str, data: dict, **kwargs: Any) -> dict:
         """Record an annotation event for ``tsp-sync`` and return at once (never trains here)."""
-        event = kwargs.get("event", "")
-        data = kwargs.get("data") or {}
         return record_event(self.model_dir, event, data)
+
+
+class _OutOfTime(Exception):
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(
+            f"not predicted: the request's time limit ({limit_s:g} s, {ENV_PREDICT_TIMEOUT}) ran out before "
+            "this task; Label Studio asks again for tasks without a prediction"
+        )
 
 
 def events_file(model_dir: str | Path) -> Path:

@@ -1,26 +1,21 @@
-"""``tsp-backend``: the label-studio-ml Flask app served by gunicorn, started by one command.
+"""``tsp-backend``: the ML backend app (:mod:`tsp_backend.api`) served by gunicorn, one command.
 
     tsp-backend --port 9090 --model-dir models/
 
-The app is label-studio-ml's (``init_app(model_class=TSPBackend)``: ``/health``, ``/metrics``,
-``/versions``...). Three of its views are replaced because label-studio-ml 1.0.9 keeps one model
-per process for all projects, reports the version "INITIAL" and starts a process per webhook:
-
-- ``/setup`` and ``/predict`` build a :class:`TSPBackend` for the request's own label config, so
-  one backend serves several projects, and answer a bad label config with a 400 naming the tag or
-  labels; both report the checkpoint's ``model_version`` (Label Studio uses it to skip tasks that
-  already hold this version's prediction).
-- ``/webhook`` calls ``process_event`` -> ``fit`` in the request, which only records the event.
+One backend serves several projects: ``/setup`` and ``/predict`` read the request's own label
+config, answer a bad one with a 400 naming the tag or labels, and report the checkpoint's
+``model_version`` (Label Studio uses it to skip tasks that already hold this version's
+prediction). ``/webhook`` records annotation events in the request (no training, no process).
 
 Basic auth (Label Studio's ML settings offer it): set ``BASIC_AUTH_USER`` and
 ``BASIC_AUTH_PASS`` in the backend's environment; every endpoint then needs them.
+
+Logs go to stderr; every handler (ours and gunicorn's) carries a
+:class:`tsp_backend.redact.RedactingFilter`, so no level, DEBUG included, shows a credential.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import logging
 import os
 import sys
@@ -29,111 +24,35 @@ from typing import Any
 
 import click
 
+from tsp_backend.api import create_app
+from tsp_backend.images import ENV_ALLOWED_DIRS, ENV_ALLOWED_URL_PREFIXES, ImageSources
+from tsp_backend.limits import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_MB,
+    DEFAULT_PREDICT_TIMEOUT_S,
+    ENV_MAX_IMAGE_PIXELS,
+    ENV_MAX_REQUEST_MB,
+    ENV_PREDICT_TIMEOUT,
+    Limits,
+)
+
 logger = logging.getLogger("tsp_backend")
 
-
-def _basic_auth_guard(user: str, password: str):
-    from flask import Response, request
-
-    def guard() -> Response | None:
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Basic "):
-            try:
-                got_user, _, got_pass = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                got_user, got_pass = "", ""
-            ok_user = hmac.compare_digest(got_user.encode(), user.encode())
-            ok_pass = hmac.compare_digest(got_pass.encode(), password.encode())
-            if ok_user and ok_pass:
-                return None
-        return Response(
-            '{"detail": "basic auth required: set the ML backend\'s basic auth user and password in Label Studio"}',
-            status=401,
-            mimetype="application/json",
-            headers={"WWW-Authenticate": 'Basic realm="tsp-backend"'},
-        )
-
-    return guard
+__all__ = ["create_app", "main"]
 
 
-def create_app(model_dir: str | Path, basic_auth: tuple[str, str] | None = None) -> Any:
-    """The Flask app for ``model_dir``; ``basic_auth`` defaults to BASIC_AUTH_USER/BASIC_AUTH_PASS."""
-    from flask import jsonify, request
-    from label_studio_ml.api import init_app
-    from label_studio_ml.exceptions import answer, exception_handler
+def _gunicorn_logger_class() -> type:
+    """gunicorn's logger with the redacting filter on its handlers (they do not propagate to root)."""
+    from gunicorn.glogging import Logger
 
-    from tsp_backend.model import TSPBackend
-    from tsp_backend.regions import LabelConfigError
+    from tsp_backend.redact import install, secrets_from_env
 
-    model_dir = Path(model_dir).expanduser().resolve()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["TSP_MODEL_DIR"] = str(model_dir)
-    app = init_app(model_class=TSPBackend, model_dir=str(model_dir))
+    class RedactingGunicornLogger(Logger):
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            install([*self.error_log.handlers, *self.access_log.handlers], secrets_from_env())
 
-    def build(label_config: str | None, data: dict) -> TSPBackend:
-        return TSPBackend(
-            label_config=label_config,
-            hostname=data.get("hostname", "") or "",
-            access_token=data.get("access_token", "") or "",
-            tsp_model_dir=str(model_dir),
-        )
-
-    @exception_handler
-    def setup():
-        data = request.get_json(force=True, silent=True) or {}
-        try:
-            model = build(data.get("schema"), data)
-        except LabelConfigError as exc:
-            logger.error("setup for project %s refused: %s", data.get("project"), exc)
-            return answer(400, str(exc))
-        return jsonify({"model_version": model.model_version})
-
-    @exception_handler
-    def predict():
-        data = request.get_json(force=True, silent=True) or {}
-        tasks = data.get("tasks")
-        if not isinstance(tasks, list):
-            return answer(400, "request has no 'tasks' list")
-        try:
-            model = build(data.get("label_config"), data)
-        except LabelConfigError as exc:
-            logger.error("predict for project %s refused: %s", data.get("project"), exc)
-            return answer(400, str(exc))
-        params = data.get("params") or {}
-        results = model.predict(tasks, **params)
-        return jsonify({"results": results, "model_version": model.model_version})
-
-    @exception_handler
-    def webhook():
-        data = request.get_json(force=True, silent=True) or {}
-        event = data.pop("action", None)
-        if not event:
-            return answer(400, "webhook payload has no 'action'")
-        project = data.get("project") if isinstance(data.get("project"), dict) else {}
-        if event not in TSPBackend.TRAIN_EVENTS:
-            return jsonify({"ignored": event}), 200
-        from tsp_backend.model import record_event
-
-        result = record_event(model_dir, event, data)
-        logger.debug("webhook %s for project %s recorded", event, project.get("id"))
-        return jsonify(result), 201
-
-    # label-studio-ml registers these endpoints; replace their views (Flask's public mapping).
-    app.view_functions["_setup"] = setup
-    app.view_functions["_predict"] = predict
-    app.view_functions["webhook"] = webhook
-
-    if basic_auth is None:
-        user, password = os.environ.get("BASIC_AUTH_USER", ""), os.environ.get("BASIC_AUTH_PASS", "")
-        basic_auth = (user, password) if user and password else None
-    # init_app returns label-studio-ml's one module-level app: drop a guard from an earlier call
-    funcs = app.before_request_funcs.setdefault(None, [])
-    funcs[:] = [f for f in funcs if not getattr(f, "tsp_guard", False)]
-    if basic_auth:
-        guard = _basic_auth_guard(*basic_auth)
-        guard.tsp_guard = True
-        funcs.insert(0, guard)
-    return app
+    return RedactingGunicornLogger
 
 
 def _gunicorn_application(app: Any, options: dict[str, Any]) -> Any:
@@ -151,6 +70,15 @@ def _gunicorn_application(app: Any, options: dict[str, Any]) -> Any:
     return _Standalone()
 
 
+def setup_logging(level: str) -> None:
+    """Root logging to stderr with credentials redacted (see :mod:`tsp_backend.redact`)."""
+    from tsp_backend.redact import install, secrets_from_env
+
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+    install(logging.getLogger().handlers, secrets_from_env())
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; 0.0.0.0 to accept connections from other machines (e.g. in Docker).")
@@ -158,19 +86,45 @@ def _gunicorn_application(app: Any, options: dict[str, Any]) -> Any:
 @click.option("--model-dir", envvar="TSP_MODEL_DIR", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Directory of *.pt checkpoints; the newest is served and reloaded when it changes.")
+@click.option("--allow-url-prefix", "url_prefixes", multiple=True, envvar=ENV_ALLOWED_URL_PREFIXES,
+              help=f"An http(s) URL prefix task images may come from (besides Label Studio's uploads and local "
+                   f"files); repeat for more. Env: {ENV_ALLOWED_URL_PREFIXES} (space-separated).")
+@click.option("--allow-dir", "dirs", multiple=True, envvar=ENV_ALLOWED_DIRS,
+              type=click.Path(file_okay=False, path_type=Path),
+              help=f"A folder whose files task images may name (file:// URLs or paths); repeat for more. "
+                   f"Env: {ENV_ALLOWED_DIRS} ({os.pathsep}-separated).")
+@click.option("--max-request-mb", envvar=ENV_MAX_REQUEST_MB, default=DEFAULT_MAX_REQUEST_MB, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help=f"Largest request body (413 above). Env: {ENV_MAX_REQUEST_MB}.")
+@click.option("--max-image-pixels", envvar=ENV_MAX_IMAGE_PIXELS, default=DEFAULT_MAX_IMAGE_PIXELS, show_default=True,
+              type=click.IntRange(min=1), help=f"Largest image (width x height), checked before decoding. Env: {ENV_MAX_IMAGE_PIXELS}.")
+@click.option("--predict-timeout", envvar=ENV_PREDICT_TIMEOUT, default=DEFAULT_PREDICT_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help=f"Seconds per /predict; tasks not started by then get a per-task error. Env: {ENV_PREDICT_TIMEOUT}.")
 @click.option("--workers", default=1, show_default=True, type=int, help="gunicorn worker processes (each holds a model).")
 @click.option("--threads", default=4, show_default=True, type=int, help="Threads per worker (health checks stay answered during inference).")
-@click.option("--timeout", default=300, show_default=True, type=int, help="Seconds a request may take (CPU inference of a batch).")
+@click.option("--timeout", default=300, show_default=True, type=int,
+              help="Seconds after which gunicorn restarts a worker stuck in one request.")
 @click.option("--log-level", default=lambda: os.environ.get("LOG_LEVEL", "INFO"), show_default="INFO")
-def main(host: str, port: int, model_dir: Path, workers: int, threads: int, timeout: int, log_level: str) -> None:
-    """Serve TSP predictions to Label Studio (label-studio-ml backend under gunicorn)."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s")
+def main(host: str, port: int, model_dir: Path, url_prefixes: tuple[str, ...], dirs: tuple[Path, ...],
+         max_request_mb: float, max_image_pixels: int, predict_timeout: float, workers: int, threads: int,
+         timeout: int, log_level: str) -> None:
+    """Serve TSP predictions to Label Studio (the ML backend protocol on Flask, under gunicorn)."""
+    setup_logging(log_level)
     if workers < 1 or threads < 1:
         raise click.BadParameter("--workers and --threads must be >= 1")
-    app = create_app(model_dir)
-    if any(getattr(f, "tsp_guard", False) for f in app.before_request_funcs.get(None, [])):
-        logger.info("basic auth enabled for user %s", os.environ["BASIC_AUTH_USER"])
+    try:
+        sources = ImageSources.from_env(url_prefixes=url_prefixes, dirs=dirs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    limits = Limits(max_request_mb=max_request_mb, max_image_pixels=max_image_pixels, predict_timeout_s=predict_timeout)
+    app = create_app(model_dir, sources=sources, limits=limits)
+    if app.extensions["tsp"]["basic_auth"]:
+        logger.info("basic auth enabled")
+    logger.info("image sources: Label Studio files at %s; URL prefixes: %s; folders: %s",
+                sources.ls_url or "(LABEL_STUDIO_URL not set)", ", ".join(sources.url_prefixes) or "none",
+                ", ".join(map(str, sources.dirs)) or "none")
+    logger.info("limits: request body %g MiB, image %d pixels, /predict %g s", limits.max_request_mb,
+                limits.max_image_pixels, limits.predict_timeout_s)
     logger.info("tsp-backend on http://%s:%d serving %s", host, port, model_dir)
     _gunicorn_application(app, {
         "bind": f"{host}:{port}",
@@ -180,6 +134,7 @@ def main(host: str, port: int, model_dir: Path, workers: int, threads: int, time
         "timeout": timeout,
         "loglevel": log_level.lower(),
         "accesslog": "-",
+        "logger_class": _gunicorn_logger_class(),
         # gunicorn >= 25.1 opens one control socket per user ($HOME/.gunicorn/gunicorn.ctl): two
         # backends on one host (two projects, tests) would fight over it; we do not use it
         "control_socket_disable": True,

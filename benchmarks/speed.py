@@ -199,7 +199,8 @@ def bench_backend(cfg: ModelConfig, size: int, requests_n: int, work: Path) -> d
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("tsp-backend")
-    proc = subprocess.Popen([str(exe), "--port", str(port), "--model-dir", str(model_dir), "--workers", "1"],
+    proc = subprocess.Popen([str(exe), "--port", str(port), "--model-dir", str(model_dir), "--workers", "1",
+                             "--allow-dir", str(work)],  # the backend reads only allowed folders
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -19,7 +19,8 @@ Image URLs: Label Studio serves local files under ``LABEL_STUDIO_LOCAL_FILES_DOC
 (``--local-files-root``, default that environment variable) and only below a project's Local
 Files storage: the slices must be written below the root, and the output folder is connected as
 a (never synced) Local Files storage unless one already covers it. Or pass ``--url-prefix`` when
-another web server publishes the output folder.
+another web server publishes the output folder; that prefix must be listed in
+``TSP_ALLOWED_URL_PREFIXES``, or ``tsp-sync pull`` and ``tsp-backend`` would refuse the images.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tsp_model.data.slices import SliceRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SliceURLError", "ensure_local_storage", "existing_keys", "image_url", "import_command", "import_images", "task_data"]
+__all__ = ["SliceURLError", "check_url_prefix_allowed", "ensure_local_storage", "existing_keys", "image_url", "import_command", "import_images", "task_data"]
 
 KEY_FIELD = "tsp_key"
 
@@ -67,6 +68,25 @@ def image_url(path: Path, local_files_root: Path | None = None, url_prefix: str 
             "--url-prefix"
         ) from None
     return "/data/local-files/?d=" + quote(rel.as_posix())
+
+
+def check_url_prefix_allowed(url_prefix: str) -> None:
+    """Refuse a ``--url-prefix`` that ``tsp-sync pull`` and ``tsp-backend`` would not read from.
+
+    Both fetch task images only from allowed sources (:class:`tsp_backend.images.ImageSources`);
+    tasks under any other prefix could be created but never pulled nor pre-annotated.
+    """
+    from tsp_backend.images import ENV_ALLOWED_URL_PREFIXES, ImageSources, SourceRefusedError
+
+    try:
+        ImageSources.from_env().classify_url(url_prefix.rstrip("/") + "/slice.png")
+    except SourceRefusedError:
+        raise SliceURLError(
+            f"--url-prefix {url_prefix}: not an allowed image source, so tsp-sync pull and tsp-backend would refuse "
+            f"these tasks' images; add it to {ENV_ALLOWED_URL_PREFIXES} (for both) and import again"
+        ) from None
+    except ValueError as exc:  # a malformed TSP_ALLOWED_URL_PREFIXES entry
+        raise SliceURLError(str(exc)) from None
 
 
 def ensure_local_storage(client: Any, project_id: int, folder: Path) -> bool:
@@ -217,6 +237,8 @@ def _run_import(
     root = Path(local_files_root) if local_files_root else None
     if not url_prefix:  # fail before writing or connecting
         image_url(out / "probe.png", root, None)
+    else:
+        check_url_prefix_allowed(url_prefix)
     client, ls_project = _connect(ctx, settings)
     try:
         records = export_slices(list(paths), out, window=window, progress=progress)

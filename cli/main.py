@@ -72,22 +72,60 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, or an error raised while a Ctrl-C was unwinding (a writer's cleanup failing)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _exit_interrupted() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+    click.echo("Interrupted: finished files and predictions are kept; run the command again to continue.", err=True)
+    sys.exit(130)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Known errors -> ``Error: <one line>`` on stderr and exit 1; Ctrl-C -> exit 130."""
+    """Known errors -> ``Error: <one line>`` on stderr and exit 1; Ctrl-C -> one line and exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: finished files and predictions are kept; run the command again to continue.",
-                       err=True)
-            sys.exit(130)
-        except _expected_errors() as exc:
-            click.echo(f"Error: {_one_line(exc)}", err=True)
-            sys.exit(1)
+        except (SystemExit, click.exceptions.Exit, click.ClickException):
+            raise
+        except BaseException as exc:
+            if _interrupted(exc):
+                _exit_interrupted()
+            if isinstance(exc, _expected_errors()):
+                click.echo(f"Error: {_one_line(exc)}", err=True)
+                sys.exit(1)
+            raise
 
     return wrapper
+
+
+class _Group(click.Group):
+    """Ctrl-C outside a command's own handling (option parsing, the group callback): exit 130 too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (SystemExit, click.exceptions.Exit, click.ClickException):
+            raise
+        except BaseException as exc:
+            if _interrupted(exc):
+                _exit_interrupted()
+            raise
 
 
 project_option = click.option(
@@ -95,7 +133,7 @@ project_option = click.option(
 )
 
 
-@click.group(help="Keep a Label Studio project and the TSP model in step (pull, retrain, score, reorder).")
+@click.group(cls=_Group, help="Keep a Label Studio project and the TSP model in step (pull, retrain, score, reorder).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Settings file (default: $TSP_CONFIG, else ./tsp.toml).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
@@ -104,6 +142,9 @@ project_option = click.option(
 def cli(ctx: click.Context, config_path: str | None, verbose: int, no_progress: bool) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from tsp_backend.redact import install, secrets_from_env
+
+    install(logging.getLogger().handlers, secrets_from_env())  # no token in any log line, -vv included
     # httpx logs every request URL at INFO; keep it quiet unless debugging
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
     ctx.obj = _Ctx(config_path, progress=not no_progress)

@@ -7,12 +7,16 @@ Rules, per task:
   BrushLabels/PolygonLabels tag become COCO instances (Label Studio brush RLE decoded with
   ``label_studio_sdk.converter.brush.decode_rle``; polygons from percent to pixels). An
   annotation with no such region is a real label, "no lesion": the image is kept with no instance.
+  A region whose label is not one of the tag's ``<Label>`` values (Label Studio accepts such
+  annotations, e.g. after a label was renamed) stops the pull with one line naming the tasks and
+  labels: dropping the region would turn a drawn lesion into a "no lesion" example.
 - *skipped*: only cancelled annotations. Not a label: the task stays in the unlabeled pool (and is
   counted as skipped).
 - *pool*: every task without a finished annotation.
 
-Images are fetched through Label Studio (backend ``ImageFetcher``), checked with ``read_image``
-and cached in ``<workdir>/images`` once. The snapshot is built in a hidden temporary folder and
+Images are fetched through Label Studio (backend ``ImageFetcher``, with its allow-list: Label
+Studio's uploads and local files, plus ``TSP_ALLOWED_URL_PREFIXES`` / ``TSP_ALLOWED_DIRS``), checked
+with ``read_image`` and cached in ``<workdir>/images`` once. The snapshot is built in a hidden temporary folder and
 renamed into place, so an interrupted pull leaves the previous snapshot as it was. A pull whose
 content equals the latest snapshot's makes no new one.
 """
@@ -140,12 +144,12 @@ def _fetch_image(cache: ImageCache, task_id: int, url: str) -> dict[str, Any]:
     entry = cache.index.get(str(task_id))
     if entry and entry.get("url") == url and (cache.dir / entry["file_name"]).is_file():
         return entry
-    from tsp_backend.images import ImageFetchError
+    from tsp_backend.images import ImageFetchError, SourceRefusedError
 
     try:
         data = cache.fetcher.fetch_bytes(url)
     except ImageFetchError as exc:
-        if "LABEL_STUDIO_API_KEY" in str(exc) or "unreachable" in str(exc):
+        if isinstance(exc, SourceRefusedError) or "LABEL_STUDIO_API_KEY" in str(exc) or "unreachable" in str(exc):
             raise SyncError(f"task {task_id}: {exc}") from None
         raise ImageError(f"task {task_id}: {exc}; fix the image or delete the task in Label Studio") from None
     try:
@@ -165,6 +169,19 @@ def _fetch_image(cache: ImageCache, task_id: int, url: str) -> dict[str, Any]:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
+
+
+def _unknown_labels_message(unknown: dict[int, set[str]], target: Any, shown: int = 10) -> str:
+    """One line naming the tasks and labels; a region's label is never dropped or remapped, because
+    its image would then train as "no lesion" (or as a class the radiologist did not draw)."""
+    items = [f"task {tid} ({', '.join(sorted(labels))})" for tid, labels in sorted(unknown.items())]
+    more = f" and {len(items) - shown} more task(s)" if len(items) > shown else ""
+    labels = sorted(set().union(*unknown.values()))
+    return (
+        f"annotations use labels that are not in the {target.tag} tag {target.from_name!r} of the label config: "
+        f"{'; '.join(items[:shown])}{more}; add {', '.join(labels)} as <Label> values or relabel those regions "
+        "in Label Studio, then pull again (no snapshot was written)"
+    )
 
 
 def fetch_tasks(client: Any, project: LSProject) -> list[dict[str, Any]]:
@@ -209,7 +226,7 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
     images, annotations, pool = [], [], []
     fingerprint_items = []
     n_empty = 0
-    unknown_labels: set[str] = set()
+    unknown_labels: dict[int, set[str]] = {}  # task id -> labels the config does not have
     bar = tqdm(tasks, desc="pull", unit="task", disable=not progress, file=sys.stderr)
     try:
         for t in bar:
@@ -242,7 +259,7 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
                     continue
                 label, rle = got
                 if label not in cat_id:
-                    unknown_labels.add(label)
+                    unknown_labels.setdefault(tid, set()).add(label)
                     continue
                 annotations.append({
                     "id": len(annotations) + 1,
@@ -258,7 +275,7 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
         bar.close()
         atomic_write_json(cache.index_path, cache.index)  # downloaded files stay cached on Ctrl-C
     if unknown_labels:
-        log.warning("labels not in the label config were left out: %s", ", ".join(sorted(unknown_labels)))
+        raise SyncError(_unknown_labels_message(unknown_labels, target))
 
     counts = {
         "tasks": len(tasks), "labeled": len(images), "empty": n_empty, "instances": len(annotations),

@@ -15,6 +15,14 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "==> installing torch 2.14.1 + torchvision 0.29.1 (about 2 minutes)"
   .venv/bin/pip install --progress-bar off -q torch==2.14.1 torchvision==0.29.1
 fi
+# Older checkouts installed label-studio-ml 1.0.9, which pins Flask 1.1.2 / Werkzeug 2.0.2 (known
+# advisories) and is no longer used: take it and its redis/rq helpers out of the environment.
+for old in label-studio-ml rq redis; do
+  if .venv/bin/pip show -q "$old" >/dev/null 2>&1; then
+    echo "==> removing $old (no longer a dependency)"
+    .venv/bin/pip uninstall -q -y "$old"
+  fi
+done
 echo "==> installing tsp-al (editable) with backend and dev extras"
 .venv/bin/pip install --progress-bar off -q -e '.[backend,dev]'
 

@@ -13,8 +13,6 @@ torch.set_num_threads(1)
 # A real Label Studio (from .venv-ls or $TSP_LS_BIN) and a real `tsp-backend` process, started
 # once per test session for tests marked `integration`. Helpers live in tests/ls_fixtures.py.
 import shutil as _h4_shutil  # noqa: E402
-import subprocess as _h4_subprocess  # noqa: E402
-import sys as _h4_sys  # noqa: E402
 import time as _h4_time  # noqa: E402
 from pathlib import Path as _H4Path  # noqa: E402
 
@@ -50,44 +48,21 @@ def ls_client(label_studio):
 
 @pytest.fixture(scope="session")
 def tsp_backend_server(tmp_path_factory, label_studio):
-    """`tsp-backend` on a free port with a tiny checkpoint and basic auth ("ls-ml"/"ml-secret")."""
-    from tests.ls_fixtures import make_tiny_checkpoint, wait_for
-    from tsp_cli.local_server import free_port
+    """`tsp-backend` on a free port with a tiny checkpoint and basic auth ("ls-ml"/"ml-secret").
 
-    import requests
+    Besides Label Studio's files it may fetch from http://127.0.0.1:9/ (nothing listens there:
+    the tests see an allowed but unreachable source).
+    """
+    from tests.ls_fixtures import BackendProcess, make_tiny_checkpoint
 
     model_dir = tmp_path_factory.mktemp("models")
     make_tiny_checkpoint(model_dir, size=64, detections=4)
-    port = free_port()
-    log_path = model_dir.parent / "tsp-backend.log"
-    exe = _H4Path(_h4_sys.executable).parent / "tsp-backend"
-    env = dict(os.environ, LABEL_STUDIO_URL=label_studio.url, LABEL_STUDIO_API_KEY=label_studio.token,
-               BASIC_AUTH_USER="ls-ml", BASIC_AUTH_PASS="ml-secret", TSP_DEVICE="cpu", OMP_NUM_THREADS="1")
-    log = open(log_path, "wb")
-    proc = _h4_subprocess.Popen([str(exe), "--port", str(port), "--model-dir", str(model_dir)], env=env,
-                                stdout=log, stderr=_h4_subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     auth = ("ls-ml", "ml-secret")
-
-    def up():
-        if proc.poll() is not None:
-            raise RuntimeError(f"tsp-backend exited: {log_path.read_text()[-2000:]}")
-        try:
-            return requests.get(url + "/health", auth=auth, timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
+    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+           "BASIC_AUTH_USER": auth[0], "BASIC_AUTH_PASS": auth[1], "TSP_ALLOWED_URL_PREFIXES": "http://127.0.0.1:9/"}
+    backend = BackendProcess(model_dir, env, model_dir.parent / "tsp-backend.log", auth=auth).start()
     try:
-        wait_for(up, timeout=120)
-        yield {"url": url, "model_dir": model_dir, "auth": auth, "log": log_path, "proc": proc}
+        yield {"url": backend.url, "model_dir": model_dir, "auth": auth, "log": backend.log_path, "proc": backend.proc}
     finally:
-        import signal
-
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except _h4_subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        backend.stop()
 # ---- H4 backend / Label Studio fixtures (end) ----------------------------------------------

@@ -109,3 +109,72 @@ def wait_for(pred, timeout: float = 30.0, interval: float = 0.3):
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
+
+
+class BackendProcess:
+    """A real ``tsp-backend`` process on a free port (its own process group), logging to a file.
+
+    Args:
+        model_dir: the checkpoints folder it serves.
+        env: extra environment (``LABEL_STUDIO_URL``, ``BASIC_AUTH_USER``...), over ``os.environ``.
+        log_path: where stdout and stderr go.
+        auth: the basic-auth pair for the health check (None: no auth).
+        args: extra ``tsp-backend`` arguments.
+    """
+
+    def __init__(self, model_dir: Path, env: dict[str, str], log_path: Path, auth: tuple[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        from tsp_cli.local_server import free_port
+
+        self.model_dir, self.log_path, self.auth = Path(model_dir), Path(log_path), auth
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "TSP_DEVICE": "cpu", "OMP_NUM_THREADS": "1", **env}
+        self.args = args
+        self.proc = None
+
+    def start(self, timeout: float = 120) -> "BackendProcess":
+        import subprocess
+        import sys
+
+        import requests
+
+        exe = Path(sys.executable).parent / "tsp-backend"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([str(exe), "--port", str(self.port), "--model-dir", str(self.model_dir),
+                                      *self.args], env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tsp-backend exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                return requests.get(self.url + "/health", auth=self.auth, timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        try:
+            wait_for(up, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def worker_pids(self) -> list[int]:
+        """gunicorn's worker processes (the children of the master)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(p) for p in children]
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()

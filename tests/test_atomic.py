@@ -40,3 +40,22 @@ def test_atomic_save_hands_a_hidden_temp_path_to_the_writer(tmp_path):
     atomic_save(tmp_path / "x.png", save, suffix=".png")
     assert seen[0].name.startswith(".x.png.") and seen[0].parent == tmp_path
     assert (tmp_path / "x.png").read_bytes() == b"png"
+
+
+def test_ctrl_c_during_a_write_lands_after_the_file_is_in_place(tmp_path):
+    import signal
+
+    from tsp_model.atomic import sigint_deferred
+
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(target) as fh:
+            fh.write("new ")
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of writing
+            fh.write("and whole")
+    assert target.read_text() == "new and whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    with sigint_deferred():  # nothing received: nothing raised
+        pass

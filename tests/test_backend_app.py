@@ -1,4 +1,4 @@
-"""The backend's Flask app (label-studio-ml init_app) driven through Flask's test client."""
+"""The backend's Flask app (tsp_backend.api.create_app) driven through Flask's test client."""
 
 import base64
 import json
@@ -16,6 +16,7 @@ from tests.ls_fixtures import (
     make_tiny_checkpoint,
     write_png,
 )
+from tsp_backend.images import ImageSources
 from tsp_backend.server import create_app
 
 
@@ -24,12 +25,17 @@ def app_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     monkeypatch.delenv("TSP_EVENTS_FILE", raising=False)
+    for name in ("TSP_ALLOWED_URL_PREFIXES", "TSP_ALLOWED_DIRS", "TSP_MAX_REQUEST_MB", "TSP_MAX_IMAGE_PIXELS",
+                 "TSP_PREDICT_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     return model_dir
 
 
-def _client(model_dir, **kw):
+def _client(model_dir, url_prefixes=(), **kw):
+    """The app with the test's folder (the model dir's parent, tmp_path) as the allowed image folder."""
+    kw.setdefault("sources", ImageSources(dirs=[model_dir.parent], url_prefixes=url_prefixes))
     return create_app(model_dir, **kw).test_client()
 
 
@@ -106,7 +112,9 @@ def test_bad_images_fail_their_task_only(app_dir, tmp_path):
         {"id": 3, "data": {"image": "http://127.0.0.1:9/unreachable.png"}},
         {"id": 4, "data": {"image": "/data/upload/1/x.png"}},  # LS file but no LABEL_STUDIO_URL
     ]
-    r = _client(app_dir).post("/predict", json={"tasks": tasks, "label_config": BRUSH_CONFIG})
+    # port 9 is allowed here so that the fetch is tried and fails as unreachable
+    r = _client(app_dir, url_prefixes=["http://127.0.0.1:9/"]).post(
+        "/predict", json={"tasks": tasks, "label_config": BRUSH_CONFIG})
     assert r.status_code == 200
     res = r.get_json()["results"]
     assert len(res) == 4
@@ -154,21 +162,28 @@ def test_basic_auth(app_dir, monkeypatch):
     assert _client(app_dir).get("/health").status_code == 401
 
 
-def test_image_fetcher_resolves_sources_and_legacy_token(tmp_path, monkeypatch):
-    from tsp_backend.images import ImageFetcher, ImageFetchError
+def test_image_fetcher_sends_a_legacy_token_as_token_header(tmp_path, monkeypatch):
+    from tsp_backend.images import ImageFetcher
 
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     f = ImageFetcher("http://ls:8080/", "legacy-key-123")
     assert f.resolve("/data/upload/1/a.png") == ("ls", "http://ls:8080/data/upload/1/a.png")
-    assert f.resolve("/data/local-files/?d=x/a.png") == ("ls", "http://ls:8080/data/local-files/?d=x/a.png")
-    assert f.resolve("http://ls:8080/data/upload/2/b.png")[0] == "ls"  # absolute URL on the LS host
-    assert f.resolve("https://example.org/a.png") == ("http", "https://example.org/a.png")
-    assert f.resolve("file:///tmp/a%20b.png") == ("file", "/tmp/a b.png")
-    assert f.resolve("scans/a.png") == ("file", "scans/a.png")
-    with pytest.raises(ImageFetchError, match="unsupported URL scheme 's3'"):
-        f.resolve("s3://bucket/a.png")
     # a non-JWT key is a legacy token: "Token <key>" (no network involved)
     assert f._auth_header() == {"Authorization": "Token legacy-key-123"}
-    arr = ImageFetcher().read(str(write_png(tmp_path / "p.png", size=32)))
+    img = write_png(tmp_path / "p.png", size=32)
+    arr = ImageFetcher(sources=ImageSources(dirs=[tmp_path])).read(str(img))
     assert arr.shape == (32, 32, 3) and arr.dtype == np.float32
+
+
+def test_setup_and_predict_speak_label_studio_shapes(app_dir):
+    """What Label Studio 1.23 reads: /setup's model_version, /predict's results list, /health's status."""
+    c = _client(app_dir)
+    assert c.get("/").get_json()["status"] == "UP" and c.get("/metrics").get_json() == {}
+    make_tiny_checkpoint(app_dir)
+    setup = {"project": "3.1700000000", "schema": BRUSH_CONFIG, "hostname": "http://localhost:8080",
+             "access_token": "x" * 40, "extra_params": None}
+    assert c.post("/setup", json=setup).get_json() == {"model_version": "tsp-test-v1"}
+    r = c.post("/predict", json={"tasks": [], "project": "3.1700000000", "label_config": BRUSH_CONFIG,
+                                 "params": {"login": None, "password": None, "context": None}})
+    assert r.status_code == 200 and r.get_json() == {"results": [], "model_version": "tsp-test-v1"}

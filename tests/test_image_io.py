@@ -108,3 +108,27 @@ def test_to_tensor_layout():
     assert t[2, 1, 0] == arr[1, 0, 2]
     with pytest.raises(ValueError):
         to_tensor(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_max_pixels_refuses_from_the_header_before_decoding(fmt, monkeypatch):
+    from tsp_model.data.image_io import ImageTooLargeError
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(buf, format=fmt)
+    data = buf.getvalue()
+    assert read_image(data, max_pixels=400 * 300).shape == (300, 400, 3)  # at the limit: read
+    # any decode past the header would go through these; none may run
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded"))
+    if image_io.tifffile is not None:
+        monkeypatch.setattr(image_io.tifffile.TiffPage, "asarray", lambda self, *a, **k: pytest.fail("decoded"))
+    with pytest.raises(ImageTooLargeError, match=r"big: 400x300 image \(0.1 megapixels\) is above the limit"):
+        read_image(data, name="big", max_pixels=400 * 300 - 1)
+
+
+def test_pillow_decompression_bomb_ceiling_is_an_image_error(monkeypatch):
+    from tsp_model.data.image_io import ImageTooLargeError
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice this
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+        read_image(_png_bytes(Image.fromarray(np.zeros((50, 50), np.uint8))), name="x")

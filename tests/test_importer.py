@@ -123,3 +123,17 @@ def test_window_choices_match_the_presets() -> None:
 
     (opt,) = [p for p in import_command.params if p.name == "window"]
     assert set(opt.type.choices) == set(WINDOWS) | {"rgb"}
+
+
+def test_url_prefix_must_be_an_allowed_image_source(monkeypatch) -> None:
+    from tsp_cli.importer import check_url_prefix_allowed
+
+    monkeypatch.delenv("TSP_ALLOWED_URL_PREFIXES", raising=False)
+    with pytest.raises(SliceURLError, match="TSP_ALLOWED_URL_PREFIXES") as info:
+        check_url_prefix_allowed("https://slices.example/ct")
+    assert len(str(info.value).splitlines()) == 1
+    monkeypatch.setenv("TSP_ALLOWED_URL_PREFIXES", "https://slices.example/ct/")
+    check_url_prefix_allowed("https://slices.example/ct")
+    check_url_prefix_allowed("https://slices.example/ct/series1/")
+    with pytest.raises(SliceURLError):
+        check_url_prefix_allowed("https://slices.example/ct-old")

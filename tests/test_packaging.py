@@ -56,3 +56,69 @@ def test_compose_mounts_one_work_folder_at_the_same_path_everywhere():
         assert "./work:/work" in services[name]["volumes"], name
     assert services["label-studio"]["environment"]["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == "/work"
     assert services["tsp-backend"]["environment"]["TSP_MODEL_DIR"] == "/work/models"
+
+
+# ---- `pip install tsp-al` without extras ----------------------------------------------------
+BACKEND_ONLY = ("flask", "werkzeug", "gunicorn", "label_studio_ml", "redis", "rq")
+
+
+def _base_install_modules() -> set[str]:
+    """Top-level modules of tsp-al's base dependencies and theirs, as installed here.
+
+    Walks the installed metadata from ``tsp-al`` without extras (markers evaluated as pip does),
+    so the set is what ``pip install tsp-al`` would bring, whatever else this environment holds.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [("tsp-al", frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        if canonicalize_name(name) in seen:
+            continue
+        seen.add(canonicalize_name(name))
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:  # not for this platform
+            continue
+        for text in dist.requires or []:
+            req = Requirement(text)
+            envs = [{"extra": e} for e in (extras or {""})]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((req.name, frozenset(req.extras)))
+    modules = {m for m, dists in importlib.metadata.packages_distributions().items()
+               if any(canonicalize_name(d) in seen for d in dists)}
+    return modules | {"tsp_model", "tsp_backend", "tsp_cli"}
+
+
+def test_tsp_sync_works_with_the_base_dependencies_only(tmp_path):
+    """The CLI, run where only tsp-al's base dependencies can be imported: --help, and a pull that
+    reaches label-studio-sdk and fails cleanly on an unreachable server (not a ModuleNotFoundError)."""
+    import json
+    import os
+
+    from tsp_cli.local_server import free_port
+
+    allowed = _base_install_modules()
+    assert "label_studio_sdk" in allowed and "requests" in allowed
+    assert not allowed & set(BACKEND_ONLY), allowed & set(BACKEND_ONLY)
+    allow_file = tmp_path / "allowed.json"
+    allow_file.write_text(json.dumps(sorted(allowed)))
+    (tmp_path / "tsp.toml").write_text("[projects.ich]\nlabel_studio_project = 1\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "import_guard"), TSP_TEST_ALLOW_MODULES_FILE=str(allow_file),
+               TSP_TEST_DENY_MODULES=",".join(BACKEND_ONLY), LABEL_STUDIO_URL=f"http://127.0.0.1:{free_port()}",
+               LABEL_STUDIO_API_KEY="not-a-real-token", TSP_CONFIG=str(tmp_path / "tsp.toml"))
+    exe = str(Path(sys.executable).with_name("tsp-sync"))
+
+    # the guard works: a backend-only package cannot be imported in that environment
+    probe = subprocess.run([sys.executable, "-c", "import flask"], env=env, capture_output=True, text=True)
+    assert probe.returncode == 1 and "No module named 'flask'" in probe.stderr
+
+    r = subprocess.run([exe, "--help"], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and "pull" in r.stdout, r.stderr
+    r = subprocess.run([exe, "--no-progress", "pull", "--project", "ich"], env=env, capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("Error: ") and "unreachable" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "not-a-real-token" not in r.stderr

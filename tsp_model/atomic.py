@@ -3,8 +3,10 @@
 Every file the project writes (checkpoints, score files, COCO snapshots, slices, plots) goes
 through :func:`atomic_path`: a temporary file beside the target (hidden, ``.<name>.*``, so model
 and image globs never match it), flushed and fsync'ed, then ``os.replace``'d over the target and
-the directory fsync'ed. On any error, Ctrl-C included, the temporary file is removed and the
-target is left as it was. Files get the mode a plain ``open`` would give (``mkstemp`` makes them
+the directory fsync'ed. On any error the temporary file is removed and the target is left as
+it was. Ctrl-C (SIGINT) during the write is held until the file is in place, then raised as
+``KeyboardInterrupt``: interrupting a writer midway (``torch.save``'s zip writer, for one) makes
+its cleanup fail with an unrelated error instead of a clean interrupt. Files get the mode a plain ``open`` would give (``mkstemp`` makes them
 0600), so a backend running as another user can read what the CLI wrote.
 """
 
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -44,27 +48,55 @@ def fsync_dir(directory: str | Path) -> None:
 
 
 @contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block ends, then deliver it to the previous handler.
+
+    With Python's default handler that raises ``KeyboardInterrupt`` after the block. Signal
+    handlers live in the main thread only; in other threads this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):
+        yield
+        return
+    received: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, received[-1])
+            else:  # SIG_DFL: terminate as an undisturbed SIGINT would have
+                signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on normal exit it replaces ``path``.
 
     Write the temporary file any way you like (``Image.save``, ``fig.savefig``, ``torch.save``);
-    the parent directory is created.
+    the parent directory is created. Ctrl-C is held until the block ends (keep it to writing).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        default_mode(tmp)
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with sigint_deferred():
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            default_mode(tmp)
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

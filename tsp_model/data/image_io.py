@@ -12,7 +12,9 @@ layout:
 
 TIFF files are read with ``tifffile`` when it is installed (it handles 16-bit and float TIFFs that
 Pillow does not) and with Pillow otherwise. Any failure raises :class:`ImageError`, a
-``ValueError`` whose message names the file and the reason.
+``ValueError`` whose message names the file and the reason. With ``max_pixels``, an image larger
+than that is refused from its header, before any pixel is decoded (decompression bombs:
+a few kilobytes of PNG can expand to gigabytes).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ try:  # optional: the "dev" extra installs it
 except ImportError:  # pragma: no cover - depends on the environment
     tifffile = None
 
-__all__ = ["ImageError", "read_image", "to_tensor", "verify_image"]
+__all__ = ["ImageError", "ImageTooLargeError", "read_image", "to_tensor", "verify_image"]
 
 _TIFF_SUFFIXES = {".tif", ".tiff"}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -37,6 +39,18 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 class ImageError(ValueError):
     """An image cannot be read; the message names the file (or the given name) and why."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels than the caller allows (checked before decoding)."""
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None, label: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{label}: {width}x{height} image ({width * height / 1e6:.1f} megapixels) is above the limit of "
+            f"{max_pixels / 1e6:.1f} megapixels"
+        )
 
 
 def _label(source: str | Path | bytes, name: str | None) -> str:
@@ -99,12 +113,17 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
-def _read_with_pillow(source: str | Path | bytes, label: str) -> np.ndarray:
+def _read_with_pillow(source: str | Path | bytes, label: str, max_pixels: int | None = None) -> np.ndarray:
     fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
-        with Image.open(fp) as img:
+        with Image.open(fp) as img:  # reads the header only
+            _check_pixels(img.width, img.height, max_pixels, label)
             img.load()  # Pillow decodes lazily; force it so truncation shows up here
             return _pil_to_array(img)
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, when ours is higher or None
+        raise ImageTooLargeError(f"{label}: {exc}") from exc
     except FileNotFoundError as exc:
         raise ImageError(f"{label}: file not found") from exc
     except UnidentifiedImageError as exc:
@@ -113,20 +132,25 @@ def _read_with_pillow(source: str | Path | bytes, label: str) -> np.ndarray:
         raise ImageError(f"{label}: cannot decode image ({exc}); the file may be truncated or corrupt") from exc
 
 
-def _read_with_tifffile(source: str | Path | bytes) -> np.ndarray:
+def _read_with_tifffile(source: str | Path | bytes, label: str, max_pixels: int | None = None) -> np.ndarray:
     fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     with tifffile.TiffFile(fp) as tif:
-        return np.asarray(tif.pages[0].asarray())
+        page = tif.pages[0]
+        _check_pixels(int(page.imagewidth), int(page.imagelength), max_pixels, label)
+        return np.asarray(page.asarray())
 
 
-def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+def read_image(source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Read an image into ``float32 [H, W, 3]`` in ``[0, 1]``.
 
     Args:
         source: a file path, or the encoded file's bytes.
         name: how to call the image in error messages (defaults to the path, or ``<bytes>``).
+        max_pixels: refuse images with more pixels (width x height), from the header, before
+            decoding; None: no limit of ours (Pillow's decompression-bomb ceiling still applies).
 
     Raises:
+        ImageTooLargeError: more than ``max_pixels`` pixels.
         ImageError: the file is missing, unreadable, truncated, or has an unsupported layout.
     """
     label = _label(source, name)
@@ -134,13 +158,15 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarra
         raise ImageError(f"{label}: file not found")
     if tifffile is not None and _is_tiff(source):
         try:
-            arr = _read_with_tifffile(source)
+            arr = _read_with_tifffile(source, label, max_pixels)
+        except ImageTooLargeError:
+            raise
         except Exception:
             # Some TIFF flavours (old JPEG compression, odd tags) only Pillow reads; if it also
             # fails, its error is the one reported.
-            arr = _read_with_pillow(source, label)
+            arr = _read_with_pillow(source, label, max_pixels)
     else:
-        arr = _read_with_pillow(source, label)
+        arr = _read_with_pillow(source, label, max_pixels)
     return _normalize(arr, label)
 
 
