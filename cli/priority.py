@@ -24,10 +24,12 @@ predicted loss (``learning_loss``: a checkpoint trained with ``model.learning_lo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tsp_cli.launch import score_pool_file
 from tsp_model.config import ConfigError, TSPConfig
 from tsp_model.records import ImageScore
 
@@ -96,30 +98,27 @@ def check_checkpoint_supports(strategy: str, checkpoint_state: dict[str, Any], c
         )
 
 
-def _missing_extras(records: list[ImageScore], opts: dict[str, object], needs: frozenset[str]) -> bool:
+def _missing_extras(records: Iterable[ImageScore], opts: dict[str, object], needs: frozenset[str]) -> bool:
     keys = [extra for opt, extra in _EXTRAS.items() if opts.get(opt)]
     if "predicted_loss" in needs:
         keys.append("predicted_loss")
-    return any(key not in r.extras for r in records for key in keys)
+    return bool(keys) and any(key not in r.extras for r in records for key in keys)
 
 
-def _score_items(
-    checkpoint: Path, cfg: TSPConfig, items: list[tuple], out: Path, *, embeddings: bool | None,
-    mc_passes: int | None, progress: bool,
-) -> Path:
-    from tsp_model.engine.checkpoint import load_model
-    from tsp_model.engine.distributed import resolve_device
-    from tsp_model.engine.predict import score_pool
+class ScoreRecords:
+    """The records of a score file, read from disk on every iteration (constant memory)."""
 
-    loaded = load_model(checkpoint, device=resolve_device(cfg.train.device))
-    return score_pool(
-        loaded.model, items, class_names=loaded.class_names, config=cfg, out_path=out,
-        model_version=loaded.model_version, progress=progress, embeddings=embeddings, mc_passes=mc_passes,
-    )
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[ImageScore]:
+        from tsp_model.records import iter_jsonl
+
+        return iter_jsonl(self.path)
 
 
 def labeled_records(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, version: str, *,
-                    progress: bool = True) -> list[ImageScore]:
+                    gpus: int = 1, progress: bool = True) -> list[ImageScore]:
     """The snapshot's labeled images scored by ``checkpoint`` with embeddings only (core_set's
     initial centers), in ``scores/labeled/<version>.s<n>.jsonl`` (reused when present)."""
     from tsp_model.records import read_jsonl
@@ -129,11 +128,10 @@ def labeled_records(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, v
         records = read_jsonl(out)
         if all("embedding" in r.extras for r in records):
             return records
-    doc = json.loads(snap.annotations.read_text())
-    items = [(im["id"], snap.image_dir / im["file_name"], im["file_name"]) for im in doc["images"]]
-    if not items:
+    if not json.loads(snap.annotations.read_text())["images"]:
         return []
-    _score_items(checkpoint, cfg, items, out, embeddings=True, mc_passes=0, progress=progress)
+    score_pool_file(checkpoint, cfg, snap.annotations, snap.image_dir, out, gpus=gpus, embeddings=True, mc_passes=0,
+                    progress=progress)
     return read_jsonl(out)
 
 
@@ -145,45 +143,44 @@ class PoolQueue:
     model_version: str  # the checkpoint's
     queue_version: str  # the pushed predictions' (queue_version())
     scores_path: Path  # pool score file: S_i, c, b, m, s per task
-    records: list[ImageScore]
+    records: Iterable[ImageScore]  # the score file's records, read one at a time (ScoreRecords)
     priority: dict[int, float]  # task id -> pushed score (S_i for tsp; rank / N otherwise)
 
 
-def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, progress: bool = True) -> PoolQueue:
-    """Score the snapshot's pool with ``checkpoint`` (with what ``active.strategy`` needs) and
-    compute every task's queue score.
+def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, gpus: int = 1,
+               progress: bool = True) -> PoolQueue:
+    """Score the snapshot's pool with ``checkpoint`` (with what ``active.strategy`` needs; ``gpus``
+    torchrun processes when > 1) and compute every task's queue score. ``tsp`` reads the score
+    file one record at a time; the other strategies rank the whole pool, so they hold its
+    records while ranking.
 
     Raises:
         ConfigError: unknown strategy, or the checkpoint lacks what the strategy needs.
     """
     from tsp_cli.retrain import score_snapshot_pool
     from tsp_model.engine.checkpoint import load_checkpoint
-    from tsp_model.records import read_jsonl
     from tsp_model.strategies import get_strategy, priority_scores, scoring_options
 
     strategy = resolve_strategy(cfg)
     check_checkpoint_supports(strategy, load_checkpoint(checkpoint), checkpoint)
-    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, progress=progress)
-    records = read_jsonl(path)
+    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, gpus=gpus, progress=progress)
+    records = ScoreRecords(path)
     strat = get_strategy(strategy)
     opts = scoring_options(strat, cfg.active.mc_passes)
     if _missing_extras(records, opts, strat.needs):
         # the reused score file was written for another strategy: score again with its data
-        pool = snap.pool()
-        items = [(t["task_id"], snap.image_dir / t["file_name"], t["file_name"]) for t in pool]
-        _score_items(checkpoint, cfg, items, path, embeddings=None, mc_passes=None, progress=progress)
-        records = read_jsonl(path)
+        score_pool_file(checkpoint, cfg, snap.unlabeled, snap.image_dir, path, gpus=gpus, progress=progress)
 
     if strategy == DEFAULT_STRATEGY:
         priority = {int(r.image_id): float(r.S) for r in records}
     else:
         labeled: list[ImageScore] = []
         if opts["score_labeled"]:
-            labeled = labeled_records(workdir, snap, checkpoint, cfg, version, progress=progress)
+            labeled = labeled_records(workdir, snap, checkpoint, cfg, version, gpus=gpus, progress=progress)
         # core_set ranks greedily in O(N^2 D): order the first active.budget picks, the rest share 1.0
         budget = cfg.active.budget if "embedding" in strat.needs else None
         try:
-            ranks = priority_scores(records, strat, seed=cfg.train.seed + snap.number, labeled=labeled,
+            ranks = priority_scores(list(records), strat, seed=cfg.train.seed + snap.number, labeled=labeled,
                                     budget=budget)
         except ValueError as exc:  # a score record without the strategy's data (names the image)
             from tsp_cli.client import SyncError
@@ -194,25 +191,24 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
                      scores_path=path, records=records, priority=priority)
 
 
-def queue_predictions(queue: PoolQueue, target: Any, empty_score: float = 1.0) -> dict[int, dict[str, Any]]:
-    """``{task id: prediction}``: the backend's regions (``tsp_backend.regions.prediction_for_task``)
-    under ``queue.queue_version``; for strategies other than ``tsp`` the prediction's ``score``
-    is the task's priority instead of ``S_i``."""
+def queue_predictions(queue: PoolQueue, target: Any, empty_score: float = 1.0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(task id, prediction)`` per record of ``queue.records``, each built when it is asked for:
+    the backend's regions (``tsp_backend.regions.prediction_for_task``) under
+    ``queue.queue_version``; for strategies other than ``tsp`` the prediction's ``score`` is the
+    task's priority instead of ``S_i``."""
     from tsp_backend.regions import prediction_for_task
 
-    out = {}
     for rec in queue.records:
         pred = prediction_for_task(rec, target, model_version=queue.queue_version, empty_score=empty_score)
         if queue.strategy != DEFAULT_STRATEGY:
             pred["score"] = queue.priority[int(rec.image_id)]
-        out[int(rec.image_id)] = pred
-    return out
+        yield int(rec.image_id), pred
 
 
 def scores_by_task(path: str | Path | None) -> dict[int, float]:
     """``{task id: S_i}`` from a pool score file; ``{}`` when it is gone."""
-    from tsp_model.records import read_jsonl
+    from tsp_model.records import iter_jsonl
 
     if not path or not Path(path).is_file():
         return {}
-    return {int(r.image_id): float(r.S) for r in read_jsonl(path)}
+    return {int(r.image_id): float(r.S) for r in iter_jsonl(path)}

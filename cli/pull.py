@@ -26,6 +26,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from tsp_cli.client import LSProject, SyncError, call
+from tsp_cli.client import LSProject, SyncError, iter_tasks
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_json, default_mode, read_json
 from tsp_model.data.coco import write_coco
 from tsp_model.data.image_io import ImageError, read_image
@@ -125,7 +126,13 @@ def _image_ext(data: bytes) -> str:
 
 
 class ImageCache:
-    """``<workdir>/images``: one file per task, re-downloaded only when the task's URL changes."""
+    """``<workdir>/images``: one file per task, re-downloaded only when the task's URL changes.
+
+    ``index.json`` (task -> URL, file, size) is saved every :attr:`SAVE_EVERY` seconds while
+    downloading and at the end: rewriting the whole index every few downloads would cost time
+    growing with the square of the project size."""
+
+    SAVE_EVERY = 30.0  # s
 
     def __init__(self, workdir: Workdir, fetcher: Any) -> None:
         self.dir = workdir.images
@@ -134,6 +141,13 @@ class ImageCache:
         self.index: dict[str, dict[str, Any]] = read_json(self.index_path) if self.index_path.is_file() else {}
         self.fetcher = fetcher
         self.downloaded = 0
+        self._saved = time.monotonic()
+
+    def save(self, *, force: bool = True) -> None:
+        """Write ``index.json`` (atomic); with ``force=False`` only if the last save is old."""
+        if force or time.monotonic() - self._saved >= self.SAVE_EVERY:
+            atomic_write_json(self.index_path, self.index)
+            self._saved = time.monotonic()
 
 
 def _fetch_image(cache: ImageCache, task_id: int, url: str) -> dict[str, Any]:
@@ -158,8 +172,7 @@ def _fetch_image(cache: ImageCache, task_id: int, url: str) -> dict[str, Any]:
     entry = {"url": url, "file_name": file_name, "width": width, "height": height}
     cache.index[str(task_id)] = entry
     cache.downloaded += 1
-    if cache.downloaded % 50 == 0:
-        atomic_write_json(cache.index_path, cache.index)
+    cache.save(force=False)
     return entry
 
 
@@ -167,14 +180,21 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def fetch_tasks(client: Any, project: LSProject) -> list[dict[str, Any]]:
-    """Every task of the project with its annotations (paged through the SDK)."""
-
-    def _list() -> list[dict[str, Any]]:
-        pager = client.tasks.list(project=project.id, fields="all", page_size=100)
-        return [_as_dict(t) for t in pager]
-
-    return call(client, f"listing the tasks of project {project.id}", _list)
+def fetch_tasks(client: Any, project: LSProject, value_key: str) -> tuple[list[dict[str, Any]], dict[int, Any], int]:
+    """``(tasks, chosen, skipped)``: every task as ``{"id", "data": {value_key: url}}``, the
+    annotation :func:`choose_annotation` picks per task id (None: unlabeled), and the number of
+    skipped tasks. Read a page at a time (:func:`tsp_cli.client.iter_tasks`, predictions left
+    out); of each task only its image URL and chosen annotation are kept."""
+    tasks: list[dict[str, Any]] = []
+    chosen: dict[int, dict[str, Any] | None] = {}
+    skipped = 0
+    for t in iter_tasks(client, project.id, "id,data,annotations"):
+        tid = int(t["id"])
+        ann, was_skipped = choose_annotation([_as_dict(a) for a in (t.get("annotations") or [])])
+        tasks.append({"id": tid, "data": {value_key: (t.get("data") or {}).get(value_key)}})
+        chosen[tid] = ann
+        skipped += int(was_skipped)
+    return tasks, chosen, skipped
 
 
 def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, progress: bool = True) -> PullResult:
@@ -186,17 +206,11 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
         target = parse_label_config(project.label_config)
     except LabelConfigError as exc:
         raise SyncError(f"project {project.id} ({project.title!r}): {exc}") from None
-    tasks = fetch_tasks(client, project)
+    tasks, chosen, skipped = fetch_tasks(client, project, target.value_key)
     if not tasks:
         raise SyncError(
             f"project {project.id} ({project.title!r}) has no tasks; import images into it in Label Studio first"
         )
-    chosen: dict[int, dict[str, Any] | None] = {}
-    skipped = 0
-    for t in tasks:
-        ann, was_skipped = choose_annotation([_as_dict(a) for a in (t.get("annotations") or [])])
-        chosen[int(t["id"])] = ann
-        skipped += int(was_skipped)
     if not any(a is not None for a in chosen.values()):
         raise SyncError(
             f"project {project.id} ({project.title!r}) has no finished annotations yet ({len(tasks)} tasks, "
@@ -253,7 +267,7 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
             n_empty += int(len(annotations) == n_before)
     finally:
         bar.close()
-        atomic_write_json(cache.index_path, cache.index)  # downloaded files stay cached on Ctrl-C
+        cache.save()  # downloaded files stay cached on Ctrl-C
     if unknown_labels:
         log.warning("labels not in the label config were left out: %s", ", ".join(sorted(unknown_labels)))
 

@@ -25,9 +25,9 @@ import logging
 import math
 from typing import Any
 
-from tsp_cli.client import LSProject, SyncError, call, get_json
+from tsp_cli.client import LSProject, SyncError, call, get_json, model_versions
 from tsp_cli.priority import DEFAULT_STRATEGY, scores_by_task, split_queue_version
-from tsp_cli.score import list_predictions
+from tsp_cli.score import iter_task_predictions
 from tsp_cli.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,14 @@ def _view_payload() -> dict[str, Any]:
 
 def upsert_view(client: Any, project_id: int) -> int:
     """Create or update the "TSP priority" view; returns its id."""
-    views = call(client, f"listing the views of project {project_id}", client.views.list, project=project_id)
+    views = call(client, f"listing the views of project {project_id}", client.views.list, project=project_id,
+                 idempotent=True)
     data = _view_payload()
     for v in views:
         vdata = v.data if isinstance(v.data, dict) else (v.data.model_dump() if v.data is not None else {})
         if vdata.get("title") == VIEW_TITLE:
-            call(client, f"updating view {v.id}", client.views.update, id=str(v.id), data=data, project=project_id)
+            call(client, f"updating view {v.id}", client.views.update, id=str(v.id), data=data, project=project_id,
+                 idempotent=True)
             return int(v.id)
     view = call(client, "creating the TSP priority view", client.views.create, data=data, project=project_id)
     return int(view.id)
@@ -124,23 +126,25 @@ def reorder(
     if not version:
         raise SyncError(f"{workdir.root}: nothing scored yet; run tsp-sync score first")
     strategy = split_queue_version(version)[1]
-    preds = [p for p in list_predictions(client, project.id) if p["model_version"] == version]
-    if not preds:
+    n_preds = model_versions(client, project.id).get(version, 0)
+    if not n_preds:
         raise SyncError(
             f"project {project.id} holds no prediction of model_version {version}; run tsp-sync score first"
         )
     call(client, f"updating project {project.id}", client.projects.update,
-         id=project.id, model_version=version, sampling=SAMPLING)
+         id=project.id, model_version=version, sampling=SAMPLING, idempotent=True)
     view_id = upsert_view(client, project.id)
 
-    # the unfinished tasks: the latest pull's pool (tasks labeled since are not served anyway)
+    # the unfinished tasks: the latest pull's pool (tasks labeled since are not served anyway);
+    # the project's predictions are read a page of tasks at a time
     snap = workdir.latest_snapshot(required=False)
     pool = {t["task_id"] for t in snap.pool()} if snap is not None else None
-    scores = {p["task"]: p["score"] for p in preds
-              if p["score"] is not None and (pool is None or p["task"] in pool)}
+    scores = {tid: p["score"] for tid, preds in iter_task_predictions(client, project.id)
+              if pool is None or tid in pool
+              for p in preds if p["model_version"] == version and p["score"] is not None}
     image_scores = scores if strategy == DEFAULT_STRATEGY else _image_scores(workdir, version, state)
     summary: dict[str, Any] = {"model_version": version, "strategy": strategy, "sampling": SAMPLING,
-                               "view_id": view_id, "predictions": len(preds)}
+                               "view_id": view_id, "predictions": n_preds}
     if verify:
         check = verify_next(client, project.id, scores, image_scores)
         summary["verify"] = check

@@ -15,14 +15,14 @@ Floats keep full precision; NaN or infinity is refused at write time (it would n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tsp_model.atomic import atomic_open
 
-__all__ = ["RecordError", "InstanceScore", "ImageScore", "write_jsonl", "read_jsonl"]
+__all__ = ["RecordError", "InstanceScore", "ImageScore", "iter_jsonl", "read_jsonl", "record_line", "write_jsonl"]
 
 
 class RecordError(ValueError):
@@ -175,7 +175,8 @@ class ImageScore:
             raise RecordError(f"image {image_id!r}: bad value ({exc})") from None
 
 
-def _dumps(record: ImageScore) -> str:
+def record_line(record: ImageScore) -> str:
+    """One record as one line of JSON (no newline); RecordError for NaN or non-JSON extras."""
     data = record.to_json()
     try:
         # allow_nan=False: NaN is not JSON; a NaN score means a diverged model, say so now.
@@ -200,21 +201,20 @@ def write_jsonl(path: str | Path, records: Iterable[ImageScore]) -> Path:
     path = Path(path)
     with atomic_open(path) as fh:
         for record in records:
-            fh.write(_dumps(record))
+            fh.write(record_line(record))
             fh.write("\n")
     return path
 
 
-
-def read_jsonl(path: str | Path) -> list[ImageScore]:
-    """Read a file written by :func:`write_jsonl`; blank lines are skipped.
+def iter_jsonl(path: str | Path) -> Iterator[ImageScore]:
+    """The records of a file written by :func:`write_jsonl`, one at a time (blank lines skipped),
+    so a pool of any size is read in constant memory.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         RecordError: a line is not JSON or not a valid record; the message names file and line.
     """
     path = Path(path)
-    records: list[ImageScore] = []
     with path.open("r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -224,7 +224,12 @@ def read_jsonl(path: str | Path) -> list[ImageScore]:
             except json.JSONDecodeError as exc:
                 raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             try:
-                records.append(ImageScore.from_json(data))
+                record = ImageScore.from_json(data)
             except RecordError as exc:
                 raise RecordError(f"{path}:{lineno}: {exc}") from None
-    return records
+            yield record
+
+
+def read_jsonl(path: str | Path) -> list[ImageScore]:
+    """Every record of a file written by :func:`write_jsonl` (see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path))
