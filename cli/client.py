@@ -183,9 +183,13 @@ def get_json(
     return request_json(client, "GET", path, what, params=params, none_on=none_on)
 
 
-def iter_tasks(client: Any, project_id: int, include: str, *, page_size: int = TASK_PAGE) -> Iterator[dict[str, Any]]:
-    """Every task of the project as a dict of its ``include`` fields (e.g. ``"id,predictions"``,
-    ``"id,data,annotations"``), in id order, one page of ``page_size`` tasks in memory at a time.
+def iter_tasks(
+    client: Any, project_id: int, *, include: str | None = None, omit: str | None = None, page_size: int = TASK_PAGE
+) -> Iterator[dict[str, Any]]:
+    """Every task of the project (``fields=all``) as a dict, in id order, one page of
+    ``page_size`` tasks in memory at a time. ``include`` keeps only the named top-level fields
+    (``"id,predictions"``; it also cuts nested ones: ``annotations`` would keep only their ids),
+    ``omit`` drops the named ones (``"predictions"``).
 
     Pages are chosen by id (``id > last id seen``) rather than by number, so tasks created or
     deleted during the listing do not shift the rest."""
@@ -194,9 +198,10 @@ def iter_tasks(client: Any, project_id: int, include: str, *, page_size: int = T
         query = {"filters": {"conjunction": "and", "items": [
             {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last}]},
             "ordering": ["tasks:id"]}
-        page = get_json(client, "api/tasks/", f"listing the tasks of project {project_id}", params={
-            "project": project_id, "page": 1, "page_size": page_size, "fields": "all", "include": include,
-            "query": json.dumps(query)}, none_on=(404,))
+        params = {"project": project_id, "page": 1, "page_size": page_size, "fields": "all", "query": json.dumps(query)}
+        params.update({k: v for k, v in (("include", include), ("omit", omit)) if v})
+        page = get_json(client, "api/tasks/", f"listing the tasks of project {project_id}", params=params,
+                        none_on=(404,))
         tasks = (page or {}).get("tasks") or []
         if not tasks:
             return

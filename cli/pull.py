@@ -188,7 +188,7 @@ def fetch_tasks(client: Any, project: LSProject, value_key: str) -> tuple[list[d
     tasks: list[dict[str, Any]] = []
     chosen: dict[int, dict[str, Any] | None] = {}
     skipped = 0
-    for t in iter_tasks(client, project.id, "id,data,annotations"):
+    for t in iter_tasks(client, project.id, omit="predictions,drafts"):
         tid = int(t["id"])
         ann, was_skipped = choose_annotation([_as_dict(a) for a in (t.get("annotations") or [])])
         tasks.append({"id": tid, "data": {value_key: (t.get("data") or {}).get(value_key)}})

@@ -55,7 +55,7 @@ DELETE_TIMEOUT_PER_PREDICTION = 0.05
 def iter_task_predictions(client: Any, project_id: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
     """``(task id, [{"id", "model_version", "score"}])`` for every task, a page at a time
     (region results are dropped as soon as each page is read)."""
-    for task in iter_tasks(client, project_id, "id,predictions"):
+    for task in iter_tasks(client, project_id, include="id,predictions"):
         preds = [{"id": int(p["id"]), "model_version": str(p.get("model_version") or ""),
                   "score": None if p.get("score") is None else float(p["score"])}
                  for p in task.get("predictions") or []]

@@ -277,7 +277,7 @@ def test_listing_retries_503_and_reset_connections(big, flaky, label_studio):
 
     client = _client_through(flaky, label_studio.token)
     flaky.target, flaky.faults = "api/tasks", ["503", "reset", "503"]
-    ids = [t["id"] for t in iter_tasks(client, big["project_id"], "id", page_size=8)]
+    ids = [t["id"] for t in iter_tasks(client, big["project_id"], include="id", page_size=8)]
     assert ids == big["tasks"]
     assert flaky.faults == []  # all three faults were met, and retried past
     pages = [p for m, p in flaky.seen if m == "GET" and "api/tasks" in p]
