@@ -55,12 +55,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 FLAG = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 CLASS_NAMES = ["epidural", "subdural", "intraparenchymal"]
-LABEL_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <BrushLabels name="lesion" toName="image">
-    <Label value="epidural"/><Label value="subdural"/><Label value="intraparenchymal"/>
-  </BrushLabels>
-</View>"""
 STAGES = ("pull", "score", "push", "reorder", "status")
 TRAIN_TOML = """
 [model]
@@ -141,12 +135,14 @@ def build_project(client, ls, n: int, labeled: int, size: int, old_version: str)
     ``old_version``. Returns ids and the setup's timings."""
     from label_studio_sdk.converter.brush import mask2rle
 
+    from tsp_cli.demo import label_config  # the quickstart's project: BrushLabels "lesion" on "image"
+
     t0 = time.perf_counter()
     folder = ls.files_root / f"scale-{n}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         (folder / f"{i}.png").write_bytes(slice_png(size, seed=i))
-    project = client.projects.create(title=f"scaling {n}", label_config=LABEL_CONFIG)
+    project = client.projects.create(title=f"scaling {n}", label_config=label_config(CLASS_NAMES))
     client.import_storage.local.create(project=project.id, path=str(folder), title="slices")
     for start in range(0, n, 2000):
         client.projects.import_tasks(project.id, request=[
