@@ -74,8 +74,7 @@ class CurrentPredictions:
 
     model_version: str
     by_task: dict[int, list[tuple[int, float | None]]]
-    seen: set[int] = dataclasses.field(default_factory=set)
-    doomed: set[int] = dataclasses.field(default_factory=set)
+    keep: dict[int, int | None] = dataclasses.field(default_factory=dict)  # task -> id kept, None: new one
 
     @classmethod
     def read(cls, client: Any, project_id: int, model_version: str) -> CurrentPredictions:
@@ -92,28 +91,25 @@ class CurrentPredictions:
         return any(_same_score(s, score) for _, s in self.by_task.get(task, ()))
 
     def claim(self, task: int, score: float) -> bool:
-        """True when ``task`` needs a new prediction with ``score`` (its older ones of this
-        version then go after the push); False when it holds one already (its duplicates go)."""
-        self.seen.add(task)
-        preds = self.by_task.get(task, [])
-        matching = [pid for pid, s in preds if _same_score(s, score)]
-        keep = max(matching) if matching else None
-        self.doomed.update(pid for pid, _ in preds if pid != keep)
-        return keep is None
+        """True when ``task`` needs a new prediction with ``score``; False when it holds one (the
+        newest such is kept). The last claim of a task decides what :meth:`surplus` removes."""
+        matching = [pid for pid, s in self.by_task.get(task, ()) if _same_score(s, score)]
+        self.keep[task] = max(matching) if matching else None
+        return self.keep[task] is None
 
     def surplus(self) -> list[int]:
-        """Ids to delete once the push is complete: those :meth:`claim` doomed, and on tasks not
-        claimed (labeled since the pull) all but the newest."""
-        out = set(self.doomed)
+        """Ids to delete once the push is complete: on a claimed task every prediction but the
+        kept one (all of them when a new one was pushed); on a task not claimed (labeled since
+        the pull) all but the newest."""
+        out = []
         for task, preds in self.by_task.items():
-            if task not in self.seen:
-                newest = max(pid for pid, _ in preds)
-                out.update(pid for pid, _ in preds if pid != newest)
+            keep = self.keep[task] if task in self.keep else max(pid for pid, _ in preds)
+            out += [pid for pid, _ in preds if pid != keep]
         return sorted(out)
 
     def expected(self) -> int:
         """Predictions of this version once the push and clean-up are complete: one per task."""
-        return len(self.seen | self.by_task.keys())
+        return len(self.keep.keys() | self.by_task.keys())
 
 
 def push_predictions(
