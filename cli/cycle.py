@@ -34,7 +34,8 @@ def cycle(
     progress: bool = True,
     echo: Any = print,
 ) -> dict[str, Any]:
-    """Run the four steps; returns the summary (also ``state.json:last_cycle``)."""
+    """Run the four steps (``gpus`` processes for training and pool scoring); returns the summary
+    (also ``state.json:last_cycle``)."""
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -48,7 +49,7 @@ def cycle(
     echo(f"retrain: {trained['model_version']}")
 
     t = time.perf_counter()
-    scored = score(client, project, settings, workdir, progress=progress)
+    scored = score(client, project, settings, workdir, gpus=gpus, progress=progress)
     timings["score"] = time.perf_counter() - t
     echo(f"score: {scored['scored']} tasks scored, {scored['pushed']} predictions pushed, {scored['deleted']} old deleted")
 

@@ -131,6 +131,9 @@ class _Group(click.Group):
 project_option = click.option(
     "--project", "-p", required=True, help="A [projects.<name>] of tsp.toml, or a Label Studio project id."
 )
+gpus_option = click.option(
+    "--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Processes/GPUs; N > 1 launches torchrun itself (one process per GPU; pool scoring is sharded).")
 
 
 @click.group(cls=_Group, help="Keep a Label Studio project and the TSP model in step (pull, retrain, score, reorder).")
@@ -170,8 +173,7 @@ def pull(obj: _Ctx, project: str) -> None:
 
 @cli.command(help="Pseudo-label the pool with the current model, train on labeled + pseudo, publish the model.")
 @project_option
-@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes/GPUs; N > 1 launches torchrun itself.")
+@gpus_option
 @click.option("--from-scratch", is_flag=True, help="Do not start from the current model's weights (no pseudo labels).")
 @click.pass_obj
 @handle_errors
@@ -189,15 +191,16 @@ def retrain(obj: _Ctx, project: str, gpus: int, from_scratch: bool) -> None:
 
 @cli.command(help="Score the unlabeled pool with the newest model and push one prediction per task.")
 @project_option
+@gpus_option
 @click.pass_obj
 @handle_errors
-def score(obj: _Ctx, project: str) -> None:
+def score(obj: _Ctx, project: str, gpus: int) -> None:
     from tsp_cli.score import score as do_score
     from tsp_cli.workdir import Workdir
 
     settings = obj.project_settings(project)
     client, ls_project, _ = obj.connect(settings)
-    s = do_score(client, ls_project, settings, Workdir(settings.workdir), progress=obj.progress)
+    s = do_score(client, ls_project, settings, Workdir(settings.workdir), gpus=gpus, progress=obj.progress)
     click.echo(f"{s['model_version']}: {s['scored']} tasks scored, {s['pushed']} predictions pushed "
                f"({s['already']} already current), {s['deleted']} old ones deleted")
 
@@ -237,7 +240,7 @@ def reorder(obj: _Ctx, project: str, verify: bool) -> None:
 
 @cli.command(help="pull, retrain, score and reorder, then print one summary table.")
 @project_option
-@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True)
+@gpus_option
 @click.option("--verify/--no-verify", default=False, show_default=True,
               help="Check GET /api/projects/{id}/next after reordering. Off by default: Label Studio locks "
                    "the served task for the token's user (TASK_LOCK_TTL), which would hold back the most "

@@ -24,10 +24,12 @@ predicted loss (``learning_loss``: a checkpoint trained with ``model.learning_lo
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tsp_cli.launch import score_pool_file
 from tsp_model.config import ConfigError, TSPConfig
 from tsp_model.records import ImageScore
 
@@ -98,30 +100,27 @@ def check_checkpoint_supports(strategy: str, checkpoint_state: dict[str, Any], c
         )
 
 
-def _missing_extras(records: list[ImageScore], opts: dict[str, object], needs: frozenset[str]) -> bool:
+def _missing_extras(records: Iterable[ImageScore], opts: dict[str, object], needs: frozenset[str]) -> bool:
     keys = [extra for opt, extra in _EXTRAS.items() if opts.get(opt)]
     if "predicted_loss" in needs:
         keys.append("predicted_loss")
-    return any(key not in r.extras for r in records for key in keys)
+    return bool(keys) and any(key not in r.extras for r in records for key in keys)
 
 
-def _score_items(
-    checkpoint: Path, cfg: TSPConfig, items: list[tuple], out: Path, *, embeddings: bool | None,
-    mc_passes: int | None, progress: bool,
-) -> Path:
-    from tsp_model.engine.checkpoint import load_model
-    from tsp_model.engine.distributed import resolve_device
-    from tsp_model.engine.predict import score_pool
+class ScoreRecords:
+    """The records of a score file, read from disk on every iteration (constant memory)."""
 
-    loaded = load_model(checkpoint, device=resolve_device(cfg.train.device))
-    return score_pool(
-        loaded.model, items, class_names=loaded.class_names, config=cfg, out_path=out,
-        model_version=loaded.model_version, progress=progress, embeddings=embeddings, mc_passes=mc_passes,
-    )
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[ImageScore]:
+        from tsp_model.records import iter_jsonl
+
+        return iter_jsonl(self.path)
 
 
 def labeled_records(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, version: str, *,
-                    progress: bool = True) -> list[ImageScore]:
+                    gpus: int = 1, progress: bool = True) -> list[ImageScore]:
     """The snapshot's labeled images scored by ``checkpoint`` with embeddings only (core_set's
     initial centers), in ``scores/labeled/<version>.s<n>.jsonl`` (reused when present)."""
     from tsp_model.records import read_jsonl
@@ -131,11 +130,10 @@ def labeled_records(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, v
         records = read_jsonl(out)
         if all("embedding" in r.extras for r in records):
             return records
-    doc = json.loads(snap.annotations.read_text())
-    items = [(im["id"], snap.image_dir / im["file_name"], im["file_name"]) for im in doc["images"]]
-    if not items:
+    if not json.loads(snap.annotations.read_text())["images"]:
         return []
-    _score_items(checkpoint, cfg, items, out, embeddings=True, mc_passes=0, progress=progress)
+    score_pool_file(checkpoint, cfg, snap.annotations, snap.image_dir, out, gpus=gpus, embeddings=True, mc_passes=0,
+                    progress=progress)
     return read_jsonl(out)
 
 
@@ -147,7 +145,7 @@ class PoolQueue:
     model_version: str  # the checkpoint's
     queue_version: str  # the pushed predictions' (queue_version())
     scores_path: Path  # pool score file: S_i, c, b, m, s per task
-    records: list[ImageScore]
+    records: Iterable[ImageScore]  # the score file's records, read one at a time (ScoreRecords)
     priority: dict[int, float]  # task id -> pushed score (S_i for tsp; rank / N otherwise)
     labeled: list[ImageScore] = field(default_factory=list)  # the snapshot's labeled tasks, scored
     clusters: dict[int, int] = field(default_factory=dict)  # task id -> cluster (pool and labeled)
@@ -162,25 +160,33 @@ def snapshot_series(snap: Any) -> dict[int, str]:
     return out
 
 
-def queue_clusters(records: list[ImageScore], labeled: list[ImageScore], cfg: TSPConfig,
+def queue_clusters(records: Iterable[ImageScore], labeled: Iterable[ImageScore], cfg: TSPConfig,
                    series: dict[int, str] | None = None) -> dict[int, int]:
     """Task id -> cluster for Label Studio's per-annotator order, over pool and labeled tasks.
 
     ``active.cluster_source``: ``"series"`` numbers the DICOM series (when every task has one;
     otherwise it falls back to embeddings with a warning), ``"embedding"`` runs k-means on the
     FPN embeddings with k = :func:`tsp_model.diversity.cluster_count` (b = ``active.budget``),
-    ``"none"`` gives no clusters.
+    ``"none"`` gives no clusters. The records are read once, keeping ids and embeddings only.
     """
     import logging
 
+    import numpy as np
+
     from tsp_model.diversity import cluster_count, embedding_clusters
-    from tsp_model.embeddings import embedding_matrix
+    from tsp_model.embeddings import decode_embedding
 
     source = cfg.active.cluster_source
-    every = [*records, *labeled]
-    if source == "none" or not every:
+    if source == "none":
         return {}
-    ids = [int(r.image_id) for r in every]
+    ids: list[int] = []
+    vectors: list[np.ndarray] = []
+    for rec in _chain(records, labeled):
+        ids.append(int(rec.image_id))
+        if "embedding" in rec.extras:
+            vectors.append(decode_embedding(rec.extras["embedding"], name=f"task {rec.image_id}"))
+    if not ids:
+        return {}
     if source == "series":
         series = series or {}
         if all(i in series for i in ids):
@@ -191,21 +197,31 @@ def queue_clusters(records: list[ImageScore], labeled: list[ImageScore], cfg: TS
         logging.getLogger(__name__).warning(
             "active.cluster_source = 'series': %d of %d tasks have no DICOM series (SeriesInstanceUID); "
             "clustering embeddings instead", missing, len(ids))
-    x = embedding_matrix(every, what="task")
-    labels = embedding_clusters(x, cluster_count(len(every), cfg.active.budget), seed=cfg.train.seed)
+    if len(vectors) != len(ids):
+        raise ConfigError(f"active.cluster_source = {source!r}: {len(ids) - len(vectors)} score records have no "
+                          "embedding; run tsp-sync score again")
+    labels = embedding_clusters(np.stack(vectors), cluster_count(len(ids), cfg.active.budget), seed=cfg.train.seed)
     return {i: int(c) for i, c in zip(ids, labels)}
 
 
-def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, progress: bool = True) -> PoolQueue:
+def _chain(*parts: Iterable[ImageScore]) -> Iterator[ImageScore]:
+    for part in parts:
+        yield from part
+
+
+def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, gpus: int = 1,
+               progress: bool = True) -> PoolQueue:
     """Score the snapshot's pool with ``checkpoint`` (with what ``active.strategy`` and the
-    clusters need) and compute every task's queue score and cluster.
+    clusters need; ``gpus`` torchrun processes when > 1) and compute every task's queue score and
+    cluster. ``tsp`` reads the score file one record at a time; the other strategies rank the
+    whole pool, so they hold its records while ranking.
 
     Raises:
         ConfigError: unknown strategy, or the checkpoint lacks what the strategy needs.
     """
     from tsp_cli.retrain import score_snapshot_pool
     from tsp_model.engine.checkpoint import load_checkpoint
-    from tsp_model.records import read_jsonl, rescore, write_jsonl
+    from tsp_model.records import iter_jsonl, rescored, write_jsonl
     from tsp_model.strategies import get_strategy, priority_scores, scoring_options
 
     strategy = resolve_strategy(cfg)
@@ -215,38 +231,38 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
     clustered = cfg.active.cluster_source != "none"
     if clustered:
         opts["embeddings"] = True  # the embedding clusters (and the fallback of "series")
-    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, progress=progress,
+    path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, gpus=gpus, progress=progress,
                                         embeddings=bool(opts["embeddings"]), mc_passes=int(opts["mc_passes"]))
-    records = read_jsonl(path)
+    records = ScoreRecords(path)
     if _missing_extras(records, opts, strat.needs):
         # the reused score file was written for another strategy: score again with its data
-        pool = snap.pool()
-        items = [(t["task_id"], snap.image_dir / t["file_name"], t["file_name"]) for t in pool]
-        _score_items(checkpoint, cfg, items, path, embeddings=bool(opts["embeddings"]),
-                     mc_passes=int(opts["mc_passes"]), progress=progress)
-        records = read_jsonl(path)
-    # a reused score file keeps every detection: S_i follows the current thresholds without
-    # new inference, and the file is rewritten so that it always holds the S_i that is pushed
-    records, changed = rescore(records, cfg.active)
-    if changed:
-        write_jsonl(path, records)
+        score_pool_file(checkpoint, cfg, snap.unlabeled, snap.image_dir, path, gpus=gpus, progress=progress,
+                        embeddings=bool(opts["embeddings"]), mc_passes=int(opts["mc_passes"]))
+    # a reused score file keeps every detection: S_i follows the current thresholds without new
+    # inference, and the file is rewritten (streamed) so that it always holds the S_i pushed
+    if any(rescored(r, cfg.active) is not r for r in records):
+        write_jsonl(path, (rescored(r, cfg.active) for r in iter_jsonl(path)))
 
     labeled: list[ImageScore] = []
     if opts["score_labeled"] or clustered:
-        labeled, _ = rescore(labeled_records(workdir, snap, checkpoint, cfg, version, progress=progress), cfg.active)
+        labeled = [rescored(r, cfg.active)
+                   for r in labeled_records(workdir, snap, checkpoint, cfg, version, gpus=gpus, progress=progress)]
     clusters = queue_clusters(records, labeled, cfg, snapshot_series(snap)) if clustered else {}
-    for rec in [*records, *labeled]:  # the strategy (tsp_diverse) uses the same clusters as the queue
+    for rec in labeled:
         if int(rec.image_id) in clusters:
             rec.extras["cluster"] = clusters[int(rec.image_id)]
 
     if strategy == DEFAULT_STRATEGY:
         priority = {int(r.image_id): float(r.S) for r in records}
     else:
+        pool = list(records)
+        for rec in pool:  # the strategy (tsp_diverse) uses the same clusters as the queue
+            if int(rec.image_id) in clusters:
+                rec.extras["cluster"] = clusters[int(rec.image_id)]
         # core_set ranks greedily in O(N^2 D): order the first active.budget picks, the rest share 1.0
         budget = cfg.active.budget if strategy == "core_set" else None
         try:
-            ranks = priority_scores(records, strat, seed=cfg.train.seed + snap.number, labeled=labeled,
-                                    budget=budget)
+            ranks = priority_scores(pool, strat, seed=cfg.train.seed + snap.number, labeled=labeled, budget=budget)
         except ValueError as exc:  # a score record without the strategy's data (names the image)
             from tsp_cli.client import SyncError
 
@@ -256,38 +272,36 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, pro
                      scores_path=path, records=records, priority=priority, labeled=labeled, clusters=clusters)
 
 
-def queue_predictions(queue: PoolQueue, target: Any, show_threshold: float) -> dict[int, dict[str, Any]]:
-    """``{task id: prediction}``: the backend's regions (``tsp_backend.regions.prediction_for_task``:
-    the shown set, ``c >= show_threshold``) under ``queue.queue_version``, with the task's
-    cluster. The ``score`` is the record's ``S_i`` exactly for ``tsp``, the task's priority for
-    any other strategy.
+def queue_predictions(queue: PoolQueue, target: Any, show_threshold: float) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(task id, prediction)`` per record of ``queue.records``, each built when it is asked for:
+    the backend's regions (``tsp_backend.regions.prediction_for_task``: the shown set,
+    ``c >= show_threshold``) under ``queue.queue_version``, with the task's cluster. The
+    ``score`` is the record's ``S_i`` exactly for ``tsp``, the task's priority for any other
+    strategy.
 
-    Labeled tasks get one too (their own S_i and cluster): Label Studio counts an annotator's
-    labeled tasks per cluster from the predictions those tasks hold, so each re-score must give
-    them a prediction with their cluster under the new clustering (never served: they are done).
+    With clusters, the labeled tasks follow (their own S_i and cluster): Label Studio counts an
+    annotator's finished tasks per cluster from the predictions those tasks hold, so each
+    re-score must give them a prediction with their cluster under the new clustering (never
+    served: they are done).
     """
     from tsp_backend.regions import prediction_for_task
 
-    out = {}
     for rec in queue.records:
-        score = None if queue.strategy == DEFAULT_STRATEGY else queue.priority[int(rec.image_id)]
-        out[int(rec.image_id)] = prediction_for_task(
-            rec, target, model_version=queue.queue_version, show_threshold=show_threshold, score=score,
-            cluster=queue.clusters.get(int(rec.image_id)),
-        )
+        tid = int(rec.image_id)
+        score = None if queue.strategy == DEFAULT_STRATEGY else queue.priority[tid]
+        yield tid, prediction_for_task(rec, target, model_version=queue.queue_version, show_threshold=show_threshold,
+                                       score=score, cluster=queue.clusters.get(tid))
     if queue.clusters:
         for rec in queue.labeled:
-            out.setdefault(int(rec.image_id), prediction_for_task(
-                rec, target, model_version=queue.queue_version, show_threshold=show_threshold,
-                cluster=queue.clusters.get(int(rec.image_id)),
-            ))
-    return out
+            tid = int(rec.image_id)
+            yield tid, prediction_for_task(rec, target, model_version=queue.queue_version,
+                                           show_threshold=show_threshold, cluster=queue.clusters.get(tid))
 
 
 def scores_by_task(path: str | Path | None) -> dict[int, float]:
     """``{task id: S_i}`` from a pool score file; ``{}`` when it is gone."""
-    from tsp_model.records import read_jsonl
+    from tsp_model.records import iter_jsonl
 
     if not path or not Path(path).is_file():
         return {}
-    return {int(r.image_id): float(r.S) for r in read_jsonl(path)}
+    return {int(r.image_id): float(r.S) for r in iter_jsonl(path)}

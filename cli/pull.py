@@ -30,6 +30,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from tsp_cli.client import LSProject, SyncError, call
+from tsp_cli.client import LSProject, SyncError, iter_tasks
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_json, default_mode, read_json
 from tsp_model.data.coco import write_coco
 from tsp_model.data.image_io import ImageError, read_image
@@ -62,6 +63,9 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json")
     return dict(obj)
+
+
+SERIES_KEYS = ("SeriesInstanceUID", "series_id")
 
 
 def choose_annotation(annotations: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
@@ -129,7 +133,13 @@ def _image_ext(data: bytes) -> str:
 
 
 class ImageCache:
-    """``<workdir>/images``: one file per task, re-downloaded only when the task's URL changes."""
+    """``<workdir>/images``: one file per task, re-downloaded only when the task's URL changes.
+
+    ``index.json`` (task -> URL, file, size) is saved every :attr:`SAVE_EVERY` seconds while
+    downloading and at the end: rewriting the whole index every few downloads would cost time
+    growing with the square of the project size."""
+
+    SAVE_EVERY = 30.0  # s
 
     def __init__(self, workdir: Workdir, fetcher: Any) -> None:
         self.dir = workdir.images
@@ -138,6 +148,13 @@ class ImageCache:
         self.index: dict[str, dict[str, Any]] = read_json(self.index_path) if self.index_path.is_file() else {}
         self.fetcher = fetcher
         self.downloaded = 0
+        self._saved = time.monotonic()
+
+    def save(self, *, force: bool = True) -> None:
+        """Write ``index.json`` (atomic); with ``force=False`` only if the last save is old."""
+        if force or time.monotonic() - self._saved >= self.SAVE_EVERY:
+            atomic_write_json(self.index_path, self.index)
+            self._saved = time.monotonic()
 
 
 def _fetch_image(cache: ImageCache, task_id: int, url: str) -> dict[str, Any]:
@@ -162,8 +179,7 @@ def _fetch_image(cache: ImageCache, task_id: int, url: str) -> dict[str, Any]:
     entry = {"url": url, "file_name": file_name, "width": width, "height": height}
     cache.index[str(task_id)] = entry
     cache.downloaded += 1
-    if cache.downloaded % 50 == 0:
-        atomic_write_json(cache.index_path, cache.index)
+    cache.save(force=False)
     return entry
 
 
@@ -184,14 +200,25 @@ def _unknown_labels_message(unknown: dict[int, set[str]], target: Any, shown: in
     )
 
 
-def fetch_tasks(client: Any, project: LSProject) -> list[dict[str, Any]]:
-    """Every task of the project with its annotations (paged through the SDK)."""
-
-    def _list() -> list[dict[str, Any]]:
-        pager = client.tasks.list(project=project.id, fields="all", page_size=100)
-        return [_as_dict(t) for t in pager]
-
-    return call(client, f"listing the tasks of project {project.id}", _list)
+def fetch_tasks(client: Any, project: LSProject, value_key: str) -> tuple[list[dict[str, Any]], dict[int, Any], int]:
+    """``(tasks, chosen, skipped)``: every task as ``{"id", "data": {value_key: url}}``, the
+    annotation :func:`choose_annotation` picks per task id (None: unlabeled), and the number of
+    skipped tasks. Read a page at a time (:func:`tsp_cli.client.iter_tasks`, predictions left
+    out); of each task only its image URL and chosen annotation are kept."""
+    tasks: list[dict[str, Any]] = []
+    chosen: dict[int, dict[str, Any] | None] = {}
+    skipped = 0
+    for t in iter_tasks(client, project.id, omit="predictions,drafts"):
+        tid = int(t["id"])
+        ann, was_skipped = choose_annotation([_as_dict(a) for a in (t.get("annotations") or [])])
+        data = t.get("data") or {}
+        # the image URL, and the DICOM series of a slice imported by tsp-sync import
+        # (active.cluster_source = "series")
+        keep = {k: data.get(k) for k in (value_key, *SERIES_KEYS) if data.get(k) is not None}
+        tasks.append({"id": tid, "data": keep})
+        chosen[tid] = ann
+        skipped += int(was_skipped)
+    return tasks, chosen, skipped
 
 
 def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, progress: bool = True) -> PullResult:
@@ -203,17 +230,11 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
         target = parse_label_config(project.label_config)
     except LabelConfigError as exc:
         raise SyncError(f"project {project.id} ({project.title!r}): {exc}") from None
-    tasks = fetch_tasks(client, project)
+    tasks, chosen, skipped = fetch_tasks(client, project, target.value_key)
     if not tasks:
         raise SyncError(
             f"project {project.id} ({project.title!r}) has no tasks; import images into it in Label Studio first"
         )
-    chosen: dict[int, dict[str, Any] | None] = {}
-    skipped = 0
-    for t in tasks:
-        ann, was_skipped = choose_annotation([_as_dict(a) for a in (t.get("annotations") or [])])
-        chosen[int(t["id"])] = ann
-        skipped += int(was_skipped)
     if not any(a is not None for a in chosen.values()):
         raise SyncError(
             f"project {project.id} ({project.title!r}) has no finished annotations yet ({len(tasks)} tasks, "
@@ -240,7 +261,7 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
             w, h = int(entry["width"]), int(entry["height"])
             ann = chosen[tid]
             # the DICOM series of a slice imported by tsp-sync import (active.cluster_source = "series")
-            series = (t.get("data") or {}).get("SeriesInstanceUID") or (t.get("data") or {}).get("series_id")
+            series = next((t["data"][k] for k in SERIES_KEYS if t["data"].get(k)), None)
             extra = {"series_id": str(series)} if series else {}
             if ann is None:
                 pool.append({"task_id": tid, "file_name": entry["file_name"], "width": w, "height": h, **extra})
@@ -273,7 +294,7 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
             n_empty += int(len(annotations) == n_before)
     finally:
         bar.close()
-        atomic_write_json(cache.index_path, cache.index)  # downloaded files stay cached on Ctrl-C
+        cache.save()  # downloaded files stay cached on Ctrl-C
     if unknown_labels:
         raise SyncError(_unknown_labels_message(unknown_labels, target))
 

@@ -25,9 +25,9 @@ import logging
 import math
 from typing import Any
 
-from tsp_cli.client import LSProject, SyncError, call, get_json
+from tsp_cli.client import LSProject, SyncError, call, get_json, model_versions
 from tsp_cli.priority import DEFAULT_STRATEGY, scores_by_task, split_queue_version
-from tsp_cli.score import list_predictions
+from tsp_cli.score import iter_task_predictions
 from tsp_cli.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,14 @@ def _view_payload() -> dict[str, Any]:
 
 def upsert_view(client: Any, project_id: int) -> int:
     """Create or update the "TSP priority" view; returns its id."""
-    views = call(client, f"listing the views of project {project_id}", client.views.list, project=project_id)
+    views = call(client, f"listing the views of project {project_id}", client.views.list, project=project_id,
+                 idempotent=True)
     data = _view_payload()
     for v in views:
         vdata = v.data if isinstance(v.data, dict) else (v.data.model_dump() if v.data is not None else {})
         if vdata.get("title") == VIEW_TITLE:
-            call(client, f"updating view {v.id}", client.views.update, id=str(v.id), data=data, project=project_id)
+            call(client, f"updating view {v.id}", client.views.update, id=str(v.id), data=data, project=project_id,
+                 idempotent=True)
             return int(v.id)
     view = call(client, "creating the TSP priority view", client.views.create, data=data, project=project_id)
     return int(view.id)
@@ -124,23 +126,30 @@ def reorder(
     if not version:
         raise SyncError(f"{workdir.root}: nothing scored yet; run tsp-sync score first")
     strategy = split_queue_version(version)[1]
-    preds = [p for p in list_predictions(client, project.id) if p["model_version"] == version]
-    if not preds:
+    n_preds = model_versions(client, project.id).get(version, 0)
+    if not n_preds:
         raise SyncError(
             f"project {project.id} holds no prediction of model_version {version}; run tsp-sync score first"
         )
     call(client, f"updating project {project.id}", client.projects.update,
-         id=project.id, model_version=version, sampling=SAMPLING)
+         id=project.id, model_version=version, sampling=SAMPLING, idempotent=True)
     view_id = upsert_view(client, project.id)
 
-    # the unfinished tasks: the latest pull's pool (tasks labeled since are not served anyway)
+    # the unfinished tasks: the latest pull's pool (tasks labeled since are not served anyway);
+    # the project's predictions are read a page of tasks at a time
     snap = workdir.latest_snapshot(required=False)
     pool = {t["task_id"] for t in snap.pool()} if snap is not None else None
-    scores = {p["task"]: p["score"] for p in preds
-              if p["score"] is not None and (pool is None or p["task"] in pool)}
+    scores: dict[int, float] = {}
+    clusters: dict[int, int | None] = {}
+    for tid, preds in iter_task_predictions(client, project.id):
+        if pool is not None and tid not in pool:
+            continue
+        for p in preds:
+            if p["model_version"] == version and p["score"] is not None:
+                scores[tid], clusters[tid] = p["score"], p["cluster"]
     image_scores = scores if strategy == DEFAULT_STRATEGY else _image_scores(workdir, version, state)
     summary: dict[str, Any] = {"model_version": version, "strategy": strategy, "sampling": SAMPLING,
-                               "view_id": view_id, "predictions": len(preds)}
+                               "view_id": view_id, "predictions": n_preds}
     if verify:
         check = verify_next(client, project.id, scores, image_scores)
         summary["verify"] = check
@@ -156,7 +165,6 @@ def reorder(
             log.warning("task %s is locked for this token's user by an earlier /next; the check is inconclusive "
                         "until the lock expires", check["next_task"])
     top = sorted(scores.items(), key=lambda kv: (kv[1], kv[0]))[:10]
-    clusters = {p["task"]: p.get("cluster") for p in preds}
     # "score": what the queue is ordered by; "S": S_i (NaN when the score file is gone); "cluster":
     # Label Studio serves each annotator the lowest score of the cluster they labeled least in
     summary["top"] = [{"task": t, "score": sc, "S": image_scores.get(t, math.nan), "cluster": clusters.get(t)}

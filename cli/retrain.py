@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tsp_cli.client import SyncError
+from tsp_cli.launch import score_pool_file, torchrun
 from tsp_cli.settings import ProjectSettings
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_text
 from tsp_model.atomic import atomic_save
@@ -89,30 +88,21 @@ def pseudo_counts(records: list[Any], sigma_c: float, sigma_b: float, sigma_m: f
 
 
 def score_snapshot_pool(
-    workdir: Workdir, snap: Snapshot, checkpoint: Path, config: Any, *, progress: bool = True,
+    workdir: Workdir, snap: Snapshot, checkpoint: Path, config: Any, *, gpus: int = 1, progress: bool = True,
     embeddings: bool | None = None, mc_passes: int | None = None,
 ) -> tuple[Path, str]:
     """Score the snapshot's pool with ``checkpoint`` into ``scores/<version>.s<n>.jsonl``
-    (reused when present: the file is written atomically, so it is complete). ``embeddings`` /
-    ``mc_passes``: strategy data for the records (None: what ``active.strategy`` needs). Returns
-    ``(path, model_version)``."""
-    from tsp_model.engine.checkpoint import load_checkpoint, load_model
-    from tsp_model.engine.distributed import resolve_device
-    from tsp_model.engine.predict import score_pool
+    (reused when present: the file is written atomically, so it is complete); ``gpus`` > 1
+    shards it across torchrun processes. ``embeddings`` / ``mc_passes``: strategy data for the
+    records (None: what ``active.strategy`` needs). Returns ``(path, model_version)``."""
+    from tsp_model.engine.checkpoint import load_checkpoint
 
     version = str(load_checkpoint(checkpoint)["model_version"])
     out = workdir.scores / f"{version}.s{snap.number}.jsonl"
     if out.is_file():
         return out, version
-    pool = snap.pool()
-    image_dir = snap.image_dir
-    loaded = load_model(checkpoint, device=resolve_device(config.train.device))
-    score_pool(
-        loaded.model,
-        [(t["task_id"], image_dir / t["file_name"], t["file_name"]) for t in pool],
-        class_names=loaded.class_names, config=config, out_path=out, model_version=version, progress=progress,
-        embeddings=embeddings, mc_passes=mc_passes,
-    )
+    score_pool_file(checkpoint, config, snap.unlabeled, snap.image_dir, out, gpus=gpus, progress=progress,
+                    embeddings=embeddings, mc_passes=mc_passes)
     return out, version
 
 
@@ -125,23 +115,6 @@ def _publish(checkpoint: Path, model_dir: Path, version: str) -> Path:
         return dest
     atomic_save(dest, lambda tmp: shutil.copyfile(checkpoint, tmp))
     return dest
-
-
-def _torchrun(gpus: int, args: list[str]) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "tsp_model.engine.train", *args]
-    log.info("launching %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd)
-    try:
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.wait()  # torchrun forwards SIGINT to its workers; the partial checkpoint stays
-        raise
-    if rc != 0:
-        raise SyncError(
-            f"distributed training exited with code {rc} (see the log above); fix the cause and re-run "
-            "tsp-sync retrain, which resumes from the last finished epoch"
-        )
 
 
 def retrain(
@@ -188,7 +161,7 @@ def retrain(
 
     pseudo_path, n_pseudo_img, n_pseudo_inst = None, 0, 0
     if current is not None and cfg.active.pseudo_labels and counts.get("pool"):
-        pseudo_path, _ = score_snapshot_pool(workdir, snap, current, cfg, progress=progress)
+        pseudo_path, _ = score_snapshot_pool(workdir, snap, current, cfg, gpus=gpus, progress=progress)
         a = cfg.active
         n_pseudo_img, n_pseudo_inst = pseudo_counts(read_jsonl(pseudo_path), a.sigma_c, a.sigma_b, a.sigma_m)
         if n_pseudo_img == 0:
@@ -202,7 +175,9 @@ def retrain(
     if current is not None:
         args += ["--init", str(current)]
     if gpus > 1:
-        _torchrun(gpus, args)
+        torchrun(gpus, "tsp_model.engine.train", args, failure=(
+            "distributed training exited with code {rc} (see the log above); fix the cause and re-run "
+            "tsp-sync retrain, which resumes from the last finished epoch"))
     else:
         try:
             train_from_files(

@@ -1,15 +1,15 @@
 """`tsp-sync score` under every selection strategy, without a server.
 
 The pool of a hand-built snapshot is scored by a tiny checkpoint; the queue score each task
-gets is checked against the strategy's ranking computed by hand from the score records, and
-``push_predictions`` runs against an in-memory stand-in for Label Studio's prediction API.
+gets is checked against the strategy's ranking computed by hand from the score records.
+``push_predictions`` under strategy changes runs against a real Label Studio
+(tests/test_cli_push_integration.py).
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -68,7 +68,7 @@ def test_tsp_pushes_S_unchanged(project) -> None:
     assert q.strategy == "tsp" and q.queue_version == VERSION
     assert sorted(q.priority) == sorted(t["task_id"] for t in snap.pool())
     assert q.priority == {int(r.image_id): r.S for r in q.records}
-    preds = queue_predictions(q, _target(), show_threshold=0.0)
+    preds = dict(queue_predictions(q, _target(), show_threshold=0.0))  # built one record at a time
     for rec in q.records:  # exactly what the backend would serve, the score exactly S_i, plus the cluster
         assert preds[int(rec.image_id)] == prediction_for_task(rec, _target(), model_version=VERSION,
                                                                show_threshold=0.0, cluster=q.clusters[int(rec.image_id)])
@@ -94,7 +94,7 @@ def test_class_entropy_scores_follow_mean_entropy(project) -> None:
     n = len(by_entropy)
     assert q.priority == {t: k / n for k, t in enumerate(by_entropy)}
 
-    preds = queue_predictions(q, _target(), show_threshold=0.0)
+    preds = dict(queue_predictions(q, _target(), show_threshold=0.0))  # built one record at a time
     assert min(preds, key=lambda t: preds[t]["score"]) == by_entropy[0]
     for rec in q.records:
         tid = int(rec.image_id)
@@ -111,9 +111,10 @@ def test_random_is_reproducible_per_snapshot(project) -> None:
     wd, snap, ckpt = project
     cfg = _settings(wd, strategy="random").train_config()
     q = pool_queue(wd, snap, ckpt, cfg, progress=False)
-    order = np.random.default_rng(cfg.train.seed + snap.number).permutation(len(q.records))
-    n = len(q.records)
-    assert q.priority == {int(q.records[i].image_id): k / n for k, i in enumerate(order)}
+    records = list(q.records)
+    order = np.random.default_rng(cfg.train.seed + snap.number).permutation(len(records))
+    n = len(records)
+    assert q.priority == {int(records[i].image_id): k / n for k, i in enumerate(order)}
     assert pool_queue(wd, snap, ckpt, cfg, progress=False).priority == q.priority
 
 
@@ -134,7 +135,7 @@ def test_core_set_rescores_without_embeddings_and_scores_labeled_once(project) -
     labeled = read_jsonl(labeled_path)
     assert sorted(r.image_id for r in labeled) == [1, 2, 3]  # the snapshot's labeled tasks
     assert all("embedding" in r.extras for r in labeled)
-    assert q.priority == priority_scores(q.records, "core_set", labeled=labeled, budget=cfg.active.budget)
+    assert q.priority == priority_scores(list(q.records), "core_set", labeled=labeled, budget=cfg.active.budget)
     assert sorted(q.priority.values()) == [k / 4 for k in range(4)]
 
     mtime = labeled_path.stat().st_mtime_ns
@@ -146,7 +147,7 @@ def test_clusters_none_pushes_no_cluster_and_no_labeled_predictions(project) -> 
     wd, snap, ckpt = project
     q = pool_queue(wd, snap, ckpt, _settings(wd, cluster_source="none").train_config(), progress=False)
     assert q.clusters == {}
-    preds = queue_predictions(q, _target(), show_threshold=0.0)
+    preds = dict(queue_predictions(q, _target(), show_threshold=0.0))
     assert sorted(preds) == sorted(int(r.image_id) for r in q.records)  # the pool only
     assert all("cluster" not in p for p in preds.values())
 
@@ -215,80 +216,6 @@ def test_unknown_strategy_names_the_key(project) -> None:
     wd, snap, ckpt = project
     with pytest.raises(ConfigError, match=r"^active.strategy: unknown selection strategy 'entropy'; known: "):
         pool_queue(wd, snap, ckpt, _settings(wd, strategy="entropy").train_config(), progress=False)
-
-
-# ------------------------------------------------------------------ push: idempotent per strategy
-class FakeLS:
-    """Label Studio's prediction endpoints, in memory (ids grow like database ids)."""
-
-    def __init__(self) -> None:
-        self.preds: list[dict] = []
-        self.next_id = 1
-        self.imports = 0
-        self.projects = SimpleNamespace(import_predictions=self._import, update=self._update)
-        self.predictions = SimpleNamespace(list=self._list, delete=self._delete)
-        self._client_wrapper = SimpleNamespace(httpx_client=SimpleNamespace(request=self._request))
-        self.project_version = ""
-
-    def _import(self, id: int, request: list[dict]) -> None:
-        self.imports += 1
-        for p in request:
-            self.preds.append({"id": self.next_id, "task": p["task"], "model_version": p["model_version"],
-                               "score": p["score"]})
-            self.next_id += 1
-
-    def _update(self, id: int, model_version: str, **_) -> None:
-        self.project_version = model_version
-
-    def _list(self, project: int):
-        return [SimpleNamespace(**p) for p in self.preds]
-
-    def _delete(self, id: int) -> None:
-        self.preds = [p for p in self.preds if p["id"] != id]
-
-    def _request(self, url: str, method: str, json: dict):
-        self.preds = [p for p in self.preds if p["model_version"] != json["model_version"]]
-        return SimpleNamespace(status_code=204, text="")
-
-    def by_task(self) -> dict[int, list[tuple[str, float]]]:
-        out: dict[int, list] = {}
-        for p in self.preds:
-            out.setdefault(p["task"], []).append((p["model_version"], p["score"]))
-        return out
-
-
-def _preds(version: str, scores: dict[int, float]) -> dict[int, dict]:
-    return {t: {"result": [], "score": s, "model_version": version} for t, s in scores.items()}
-
-
-def test_push_replaces_on_strategy_change_and_rank_moves() -> None:
-    from tsp_cli.client import LSProject
-    from tsp_cli.score import push_predictions
-
-    ls = FakeLS()
-    project = LSProject(id=1, title="p", label_config=BRUSH_CONFIG, model_version="", sampling="")
-    S = {10: 0.7, 11: 0.2, 12: 0.5}
-    assert push_predictions(ls, project, _preds(VERSION, S), VERSION, progress=False) == \
-        {"pushed": 3, "already": 0, "deleted": 0}
-    assert push_predictions(ls, project, _preds(VERSION, S), VERSION, progress=False)["pushed"] == 0
-
-    project.model_version = VERSION
-    ce = f"{VERSION}+class_entropy"
-    ranks = {10: 0.0, 11: 2 / 3, 12: 1 / 3}
-    assert push_predictions(ls, project, _preds(ce, ranks), ce, batch_size=2, progress=False) == \
-        {"pushed": 3, "already": 0, "deleted": 3}
-    assert ls.by_task() == {t: [(ce, r)] for t, r in ranks.items()} and project.model_version == ce
-    assert push_predictions(ls, project, _preds(ce, ranks), ce, progress=False)["pushed"] == 0  # idempotent
-
-    # same model and strategy, a new snapshot: task 12 was labeled, the others' ranks moved
-    moved = {10: 0.5, 11: 0.0}
-    assert push_predictions(ls, project, _preds(ce, moved), ce, progress=False) == \
-        {"pushed": 2, "already": 0, "deleted": 2}
-    assert ls.by_task() == {10: [(ce, 0.5)], 11: [(ce, 0.0)], 12: [(ce, 1 / 3)]}
-
-    # back to tsp: the bare version again, the ranked ones go
-    assert push_predictions(ls, project, _preds(VERSION, S), VERSION, progress=False)["deleted"] == 3
-    assert ls.by_task() == {t: [(VERSION, s)] for t, s in S.items()}
 
 
 def test_status_names_the_strategy_that_ordered_the_queue(tmp_path: Path) -> None:

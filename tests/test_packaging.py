@@ -122,3 +122,31 @@ def test_tsp_sync_works_with_the_base_dependencies_only(tmp_path):
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("Error: ") and "unreachable" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert "not-a-real-token" not in r.stderr
+
+
+def test_compose_runs_label_studio_on_postgres_with_a_named_volume_and_health_checks():
+    """Label Studio's documented production setup; checked as YAML (no Docker engine in the tests)."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    db, ls = services["db"], services["label-studio"]
+    assert db["image"].startswith("postgres:")
+    env = ls["environment"]
+    assert env["DJANGO_DB"] == "default"  # Label Studio's switch from SQLite to PostgreSQL
+    assert env["POSTGRE_HOST"] == "db" and str(env["POSTGRE_PORT"]) == "5432"
+    assert env["POSTGRE_NAME"] == db["environment"]["POSTGRES_DB"]
+    assert env["POSTGRE_USER"] == db["environment"]["POSTGRES_USER"]
+    # one password, from the environment on both sides, never written in the file
+    assert env["POSTGRE_PASSWORD"] == db["environment"]["POSTGRES_PASSWORD"]
+    assert env["POSTGRE_PASSWORD"].startswith("${LABEL_STUDIO_DB_PASSWORD:?")
+    # the database lives in a named volume, declared at the top level
+    data = [v for v in db["volumes"] if v.endswith(":/var/lib/postgresql/data")]
+    assert len(data) == 1 and data[0].split(":")[0] in compose["volumes"]
+    # health checks, and each service waits for the one it needs to be healthy
+    for name in ("db", "label-studio"):
+        assert services[name]["healthcheck"]["test"], name
+    assert ls["depends_on"]["db"]["condition"] == "service_healthy"
+    for name in ("tsp-backend", "tsp-sync"):
+        assert services[name]["depends_on"]["label-studio"]["condition"] == "service_healthy"
+    assert "localhost:8080/health" in " ".join(ls["healthcheck"]["test"])
+    # the import of predictions that scales with the request, not the project (see benchmarks/scaling.py)
+    assert env["fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"] == "true"

@@ -39,7 +39,7 @@ def test_checkpoint_contents_and_load_model(tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    cfg = tiny_config(epochs=3, lr=0.01)
+    cfg = tiny_config(epochs=3, lr=0.01, checkpoint_every_s=0.0)  # a resume file after every epoch
     ds = TinyShapes(count=4, seed=1)
     straight = load_checkpoint(train(cfg, ds, out_path=tmp_path / "a.pt", progress=False))
 
@@ -153,3 +153,20 @@ def test_warmup_and_lr_scaling(tmp_path):
     assert lrs == pytest.approx([0.01 * 0.001, 0.01 * 0.5005, 0.01])
     # lr_steps = [1.0] fraction -> decay after epoch 3
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
+
+
+def test_resume_file_is_written_at_most_every_checkpoint_every_s(tmp_path, monkeypatch):
+    """Short epochs (a few labeled images) must not spend their time saving: with a long interval
+    no resume file is written between epochs, with 0 one after every epoch but the last."""
+    import tsp_model.engine.train as train_mod
+
+    saved = []
+    real = train_mod.save_checkpoint
+    monkeypatch.setattr(train_mod, "save_checkpoint", lambda path, state: saved.append((path.name, state["epoch"]))
+                        or real(path, state))
+    ds = TinyShapes(count=2, seed=1)
+    train(tiny_config(epochs=3, checkpoint_every_s=3600.0), ds, out_path=tmp_path / "a.pt", progress=False)
+    assert saved == [("a.pt", 3)]
+    saved.clear()
+    train(tiny_config(epochs=3, checkpoint_every_s=0.0), ds, out_path=tmp_path / "b.pt", progress=False)
+    assert saved == [("b.pt.partial", 1), ("b.pt.partial", 2), ("b.pt", 3)]

@@ -118,6 +118,10 @@ class TrainConfig:
     # them in one batch); 0 < value < 1. None: proportional to the set sizes.
     pseudo_fraction: float | None = None
     clip_grad_norm: float = 10.0  # 0 disables clipping
+    # The per-epoch resume file (<out>.partial) is written when this many seconds have passed
+    # since the last one (0: after every epoch). Short epochs (a few labeled images) would
+    # otherwise spend more time saving than training.
+    checkpoint_every_s: float = 60.0
     log_every: int = 20
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
 
@@ -287,6 +291,7 @@ def _validate(obj: Any, prefix: str) -> None:
         need(obj.workers >= 0, "workers", "must be >= 0")
         need(0.0 <= obj.hflip_prob <= 1.0, "hflip_prob", "must be in [0, 1]")
         need(obj.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0 (0 disables clipping)")
+        need(obj.checkpoint_every_s >= 0, "checkpoint_every_s", "must be >= 0 (0: after every epoch)")
         if obj.lr_steps_unit == "epoch":
             need(all(float(s).is_integer() and s >= 1 for s in obj.lr_steps), "lr_steps", "epochs must be whole numbers >= 1")
         if obj.lr_steps_unit == "fraction":

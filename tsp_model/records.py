@@ -15,7 +15,7 @@ Floats keep full precision; NaN or infinity is refused at write time (it would n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,13 @@ __all__ = [
     "RecordError",
     "InstanceScore",
     "ImageScore",
-    "write_jsonl",
+    "iter_jsonl",
     "read_jsonl",
     "record_image_score",
+    "record_line",
     "rescore",
+    "rescored",
+    "write_jsonl",
 ]
 
 
@@ -185,7 +188,8 @@ class ImageScore:
             raise RecordError(f"image {image_id!r}: bad value ({exc})") from None
 
 
-def _dumps(record: ImageScore) -> str:
+def record_line(record: ImageScore) -> str:
+    """One record as one line of JSON (no newline); RecordError for NaN or non-JSON extras."""
     data = record.to_json()
     try:
         # allow_nan=False: NaN is not JSON; a NaN score means a diverged model, say so now.
@@ -210,21 +214,20 @@ def write_jsonl(path: str | Path, records: Iterable[ImageScore]) -> Path:
     path = Path(path)
     with atomic_open(path) as fh:
         for record in records:
-            fh.write(_dumps(record))
+            fh.write(record_line(record))
             fh.write("\n")
     return path
 
 
-
-def read_jsonl(path: str | Path) -> list[ImageScore]:
-    """Read a file written by :func:`write_jsonl`; blank lines are skipped.
+def iter_jsonl(path: str | Path) -> Iterator[ImageScore]:
+    """The records of a file written by :func:`write_jsonl`, one at a time (blank lines skipped),
+    so a pool of any size is read in constant memory.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         RecordError: a line is not JSON or not a valid record; the message names file and line.
     """
     path = Path(path)
-    records: list[ImageScore] = []
     with path.open("r", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -234,10 +237,15 @@ def read_jsonl(path: str | Path) -> list[ImageScore]:
             except json.JSONDecodeError as exc:
                 raise RecordError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             try:
-                records.append(ImageScore.from_json(data))
+                record = ImageScore.from_json(data)
             except RecordError as exc:
                 raise RecordError(f"{path}:{lineno}: {exc}") from None
-    return records
+            yield record
+
+
+def read_jsonl(path: str | Path) -> list[ImageScore]:
+    """Every record of a file written by :func:`write_jsonl` (see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path))
 
 
 def record_image_score(c: Any, b: Any, m: Any, active: ActiveConfig) -> float:
@@ -249,16 +257,19 @@ def record_image_score(c: Any, b: Any, m: Any, active: ActiveConfig) -> float:
     )
 
 
+def rescored(rec: ImageScore, active: ActiveConfig) -> ImageScore:
+    """``rec`` with ``S`` recomputed from its stored instances under ``active`` (a new record if
+    it changed, ``rec`` itself otherwise): no inference, the score file keeps every detection."""
+    S = record_image_score([i.c for i in rec.instances], [i.b for i in rec.instances],
+                           [i.m for i in rec.instances], active)
+    if S == rec.S:
+        return rec
+    return ImageScore(rec.image_id, rec.file_name, rec.width, rec.height, S, rec.instances,
+                      rec.model_version, rec.extras)
+
+
 def rescore(records: Iterable[ImageScore], active: ActiveConfig) -> tuple[list[ImageScore], int]:
-    """Recompute every record's ``S`` from its stored instances under ``active`` (no inference:
-    the score file keeps every detection). Returns ``(records, how many S changed)``."""
-    out, changed = [], 0
-    for rec in records:
-        S = record_image_score([i.c for i in rec.instances], [i.b for i in rec.instances],
-                               [i.m for i in rec.instances], active)
-        if S != rec.S:
-            changed += 1
-            rec = ImageScore(rec.image_id, rec.file_name, rec.width, rec.height, S, rec.instances,
-                             rec.model_version, rec.extras)
-        out.append(rec)
-    return out, changed
+    """:func:`rescored` over many records: ``(records, how many S changed)``."""
+    records = list(records)
+    out = [rescored(rec, active) for rec in records]
+    return out, sum(new is not old for new, old in zip(out, records))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from typing import Any
@@ -32,7 +32,7 @@ from tsp_model.config import ActiveConfig, TSPConfig
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast
 from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_mask, encode_masks
-from tsp_model.records import ImageScore, InstanceScore, read_jsonl, record_image_score, write_jsonl
+from tsp_model.records import ImageScore, InstanceScore, record_image_score
 from tsp_model.scoring import class_entropy, instance_score
 
 log = logging.getLogger(__name__)
@@ -312,8 +312,18 @@ def pool_collate(batch: list) -> list[tuple[torch.Tensor, int | str, str]]:
     return [item for item in batch if item is not None]
 
 
-def _shard_path(out_path: Path, rank: int) -> Path:
-    return out_path.with_name(f".{out_path.name}.rank{rank}")
+class _Indexed(Dataset):
+    """``pool[i]`` for the pool indices ``indices``, tagged with ``i`` (None stays None)."""
+
+    def __init__(self, pool: PoolDataset, indices: Sequence[int]) -> None:
+        self.pool, self.indices = pool, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, tuple] | None:
+        item = self.pool[self.indices[k]]
+        return None if item is None else (self.indices[k], item)
 
 
 def score_pool(
@@ -329,15 +339,21 @@ def score_pool(
     embeddings: bool | None = None,
     mc_passes: int | None = None,
 ) -> Path:
-    """Score every pool image and write ``out_path`` (JSON lines, one :class:`ImageScore` each).
+    """Score every pool image and write ``out_path`` (JSON lines, one :class:`ImageScore` each,
+    in pool order).
 
     ``embeddings`` / ``mc_passes``: strategy data for ``extras`` (see :func:`predict_images`);
     None (default) = what ``config.active.strategy`` needs (``active.mc_passes`` passes).
 
-    ``pool`` is a :class:`PoolDataset` or a list of ``(image_id, path[, file_name])``. Under torchrun each rank scores every world-th image and
-    writes a hidden shard; rank 0 merges them in pool order into ``out_path`` (atomic) and
-    removes the shards. Unreadable images are skipped with a warning. Returns ``out_path``.
+    ``pool`` is a :class:`PoolDataset` or a list of ``(image_id, path[, file_name])``. Each rank
+    (one without torchrun) scores every world-th image and appends each batch's records to its
+    shard as they come (:mod:`tsp_model.engine.score_shards`: memory holds one batch; a rerun
+    after an interruption continues the shard); rank 0 then merges the shards into
+    ``out_path`` (atomic) and removes them. Unreadable images are skipped with a warning.
+    Returns ``out_path``.
     """
+    from tsp_model.engine.score_shards import ScoreShard, merge_shards, pool_digest
+
     dist = dist or du.DistInfo()
     out_path = Path(out_path)
     if not isinstance(pool, PoolDataset):
@@ -349,50 +365,46 @@ def score_pool(
         opts = scoring_options(config.active.strategy, config.active.mc_passes)
         embeddings = bool(opts["embeddings"]) if embeddings is None else embeddings
         mc_passes = int(opts["mc_passes"]) if mc_passes is None else mc_passes
-    indices = list(range(dist.rank, len(pool), dist.world_size))
-    loader = DataLoader(
-        Subset(pool, indices),
-        batch_size=sc.batch_size,
-        shuffle=False,
-        num_workers=sc.workers,
-        collate_fn=pool_collate,
-    )
+    header = {
+        "model_version": model_version, "pool": pool_digest(pool.items), "size": len(pool),
+        "world_size": dist.world_size, "rank": dist.rank, "embeddings": bool(embeddings),
+        "mc_passes": int(mc_passes), "store_masks": bool(sc.store_masks),
+        # S_i follows these; a change needs no new inference (records.rescore), but a shard
+        # scored under other ones is not resumed
+        "score_threshold": float(config.active.score_threshold), "empty_image_rule": config.active.empty_image_rule,
+        "empty_image_score": float(config.active.empty_image_score), "class_names": list(class_names),
+    }
+    indices = range(dist.rank, len(pool), dist.world_size)
     model.eval()
-    records: list[ImageScore] = []
-    bar = tqdm(
-        total=len(indices), desc=f"score pool [{dist.rank}]" if dist.distributed else "score pool",
-        unit="img", disable=not (progress and dist.is_main), file=sys.stderr,
-    )
-    for batch in loader:
-        if batch:
-            images, ids, names = zip(*batch)
-            recs = predict_images(
-                model, list(images), class_names, config.active, model_version,
-                image_ids=list(ids), file_names=list(names), amp=sc.amp,
-                embeddings=embeddings, mc_passes=mc_passes,
-            )
-            if not sc.store_masks:
-                for rec in recs:
-                    for inst in rec.instances:
-                        inst.mask = None
-            records.extend(recs)
-        bar.update(len(batch) if batch else 0)
-    bar.close()
-
-    if not dist.distributed:
-        return write_jsonl(out_path, records)
-    write_jsonl(_shard_path(out_path, dist.rank), records)
+    with ScoreShard(out_path, dist.rank, header) as shard:
+        todo = [i for i in indices if i not in shard.done]
+        loader = DataLoader(
+            _Indexed(pool, todo), batch_size=sc.batch_size, shuffle=False, num_workers=sc.workers,
+            collate_fn=pool_collate,
+        )
+        bar = tqdm(
+            total=len(indices), initial=len(indices) - len(todo), unit="img", file=sys.stderr,
+            desc=f"score pool [{dist.rank}]" if dist.distributed else "score pool",
+            disable=not (progress and dist.is_main),
+        )
+        for batch in loader:
+            if batch:
+                positions, items = zip(*batch)
+                images, ids, names = zip(*items)
+                recs = predict_images(
+                    model, list(images), class_names, config.active, model_version,
+                    image_ids=list(ids), file_names=list(names), amp=sc.amp,
+                    embeddings=embeddings, mc_passes=mc_passes,
+                )
+                if not sc.store_masks:
+                    for rec in recs:
+                        for inst in rec.instances:
+                            inst.mask = None
+                shard.append(list(zip(positions, recs)))
+            bar.update(len(batch))
+        bar.close()
     du.barrier()
     if dist.is_main:
-        merged: list[ImageScore] = []
-        for r in range(dist.world_size):
-            merged.extend(read_jsonl(_shard_path(out_path, r)))
-        # back to pool order: rank r holds items r, r + world, ...
-        order = {item[0]: i for i, item in enumerate(pool.items)}
-        merged.sort(key=lambda rec: order.get(rec.image_id, len(order)))
-        write_jsonl(out_path, merged)
-        for r in range(dist.world_size):
-            _shard_path(out_path, r).unlink(missing_ok=True)
+        merge_shards(out_path, dist.world_size)
     du.barrier()
     return out_path
-

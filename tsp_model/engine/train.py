@@ -9,7 +9,8 @@ N processes (GPUs with NCCL, or CPU processes with gloo), unchanged code::
     torchrun --nproc_per_node=N -m tsp_model.engine.train --config CFG.toml \
         --labeled ANN.json --images DIR [--pseudo SCORES.jsonl --pseudo-images DIR] --out M.pt
 
-Checkpoints and resuming: after every epoch rank 0 writes ``<out>.partial`` (atomic; the name
+Checkpoints and resuming: after an epoch, when ``train.checkpoint_every_s`` have passed since the
+last one (0: every epoch), rank 0 writes ``<out>.partial`` (atomic; the name
 does not end in ``.pt``, so :func:`~tsp_model.engine.checkpoint.latest_checkpoint` and the
 backend never serve a half-trained model). After the last epoch it writes ``<out>`` and removes
 the partial file. ``resume=True`` continues from whichever of the two holds more epochs: model,
@@ -358,6 +359,7 @@ def train(
             "data": {"labeled": len(labeled), "pseudo": sampler.num_pseudo, "world_size": dist.world_size},
         }
 
+    last_save = time.monotonic()
     for epoch in range(start_epoch, tc.epochs):
         sampler.set_epoch(epoch)
         # reseed per epoch (and rank): augmentation and worker seeds no longer depend on
@@ -380,8 +382,9 @@ def train(
             log.info("epoch %d/%d loss=%.4f %s (%.1f s)", epoch + 1, tc.epochs, stats["loss"], terms, stats["seconds"])
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model_without_ddp, stats)
-        if du.is_main_process() and epoch + 1 < tc.epochs:
+        if du.is_main_process() and epoch + 1 < tc.epochs and time.monotonic() - last_save >= tc.checkpoint_every_s:
             save_checkpoint(partial_path(out_path), checkpoint_state(epoch + 1, ""))
+            last_save = time.monotonic()
         du.barrier()
 
     if du.is_main_process():
