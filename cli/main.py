@@ -225,15 +225,16 @@ def reorder(obj: _Ctx, project: str, verify: bool) -> None:
                f"{s['sampling']}, view {VIEW_TITLE!r} (id {s['view_id']})")
     v = s.get("verify")
     if v:
+        where = "" if v.get("next_cluster") is None else f" of its cluster {v['next_cluster']}"
         if v["honored"]:
             click.echo(f"/next serves task {v['next_task']} (score {v['next_score']:.4f}, S={v['next_S']:.4f}), "
-                       f"the lowest-scored task ({s['strategy']} order)")
+                       f"the lowest-scored task{where} ({s['strategy']} order)")
         elif v["next_task"] is None:
             click.echo("/next serves no task to this user (nothing left, or all skipped by them)")
         elif v["honored"] is None:
             click.echo(f"/next serves task {v['next_task']}, locked for this user by an earlier call: inconclusive")
         else:
-            click.echo(f"/next serves task {v['next_task']}, not the lowest-scored task {v['lowest_task']}: this "
+            click.echo(f"/next serves task {v['next_task']}, not the lowest-scored task{where} {v['lowest_task']}: this "
                        f"server does not honor the order; label from the {VIEW_TITLE!r} view with "
                        "'Label Tasks As Displayed'")
 

@@ -65,16 +65,22 @@ def upsert_view(client: Any, project_id: int) -> int:
 
 
 def verify_next(
-    client: Any, project_id: int, scores: dict[int, float], image_scores: dict[int, float] | None = None
+    client: Any, project_id: int, scores: dict[int, float], image_scores: dict[int, float] | None = None,
+    clusters: dict[int, int | None] | None = None,
 ) -> dict[str, Any]:
     """Ask ``/next`` and compare with the lowest pushed score among the given tasks.
 
     ``scores``: task id -> pushed prediction score; ``image_scores``: task id -> ``S_i`` (default:
-    the pushed scores, which are ``S_i`` under the ``tsp`` strategy).
+    the pushed scores, which are ``S_i`` under the ``tsp`` strategy); ``clusters``: task id ->
+    cluster of its prediction. With clusters, Label Studio serves the lowest score of the cluster
+    this user labeled least in; which clusters those are depends on the user's own labels, so the
+    check is that the served task is the lowest-scored of its cluster (a server ignoring the order
+    would rarely serve exactly that).
 
-    Returns ``{"next_task", "next_score", "next_S", "lowest_task", "lowest_score", "lowest_S",
-    "honored", "queue"}``; ``honored`` is None when the answer is inconclusive (a task lock held
-    by this user).
+    Returns ``{"next_task", "next_score", "next_S", "next_cluster", "lowest_task", "lowest_score",
+    "lowest_S", "honored", "queue"}``; ``lowest_*`` is the lowest of the served task's cluster
+    (with clusters) or of all; ``honored`` is None when the answer is inconclusive (a task lock
+    held by this user).
     """
     image_scores = scores if image_scores is None else image_scores
     # 404: nothing left to serve this user (all labeled, or skipped by them)
@@ -82,15 +88,17 @@ def verify_next(
                       none_on=(404,))
     next_id = int(answer["id"]) if isinstance(answer, dict) and answer.get("id") is not None else None
     queue = str(answer.get("queue", "")) if isinstance(answer, dict) else ""
-    lowest_task, lowest = (min(scores.items(), key=lambda kv: (kv[1], kv[0])) if scores else (None, None))
+    cluster = (clusters or {}).get(next_id) if next_id is not None else None
+    among = scores if cluster is None else {t: sc for t, sc in scores.items() if (clusters or {}).get(t) == cluster}
+    lowest_task, lowest = (min(among.items(), key=lambda kv: (kv[1], kv[0])) if among else (None, None))
     next_score = scores.get(next_id) if next_id is not None else None
     if next_id is None or "lock" in queue.lower():
         honored = None  # the user's earlier lock is served first; says nothing about the order
     else:
         honored = next_score is not None and lowest is not None and abs(next_score - lowest) <= 1e-9
     return {"next_task": next_id, "next_score": next_score, "next_S": _s_of(image_scores, next_id),
-            "lowest_task": lowest_task, "lowest_score": lowest, "lowest_S": _s_of(image_scores, lowest_task),
-            "honored": honored, "queue": queue}
+            "next_cluster": cluster, "lowest_task": lowest_task, "lowest_score": lowest,
+            "lowest_S": _s_of(image_scores, lowest_task), "honored": honored, "queue": queue}
 
 
 def _s_of(image_scores: dict[int, float], task: int | None) -> float | None:
@@ -151,7 +159,8 @@ def reorder(
     summary: dict[str, Any] = {"model_version": version, "strategy": strategy, "sampling": SAMPLING,
                                "view_id": view_id, "predictions": n_preds}
     if verify:
-        check = verify_next(client, project.id, scores, image_scores)
+        check = verify_next(client, project.id, scores, image_scores,
+                            clusters if any(c is not None for c in clusters.values()) else None)
         summary["verify"] = check
         if check["honored"] is False:
             log.warning(

@@ -178,3 +178,22 @@ class BackendProcess:
                 self.proc.wait()
         if getattr(self, "_log", None) is not None:
             self._log.close()
+
+
+def add_user(label_studio, email: str, password: str) -> str:
+    """A new user of the server's organization (signup form, as a person would), and their
+    Personal Access Token (login, then POST /api/token/)."""
+    import requests
+
+    s = requests.Session()
+    s.get(label_studio.url + "/user/signup/", timeout=30).raise_for_status()
+    csrf = s.cookies["csrftoken"]
+    r = s.post(label_studio.url + "/user/signup/", data={"email": email, "password": password,
+                                                         "csrfmiddlewaretoken": csrf},
+               headers={"Referer": label_studio.url + "/user/signup/"}, timeout=30, allow_redirects=False)
+    assert r.status_code in (200, 302) and "sessionid" in s.cookies, (r.status_code, r.text[:500])
+    s.headers["X-CSRFToken"] = s.cookies.get("csrftoken", csrf)
+    s.headers["Referer"] = label_studio.url + "/"
+    r = s.post(label_studio.url + "/api/token/", json={}, timeout=30)
+    assert r.status_code in (200, 201), r.text
+    return r.json()["token"]
