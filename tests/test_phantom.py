@@ -102,3 +102,48 @@ def test_cli_and_argument_checks(tmp_path):
 
     with pytest.raises(ValueError, match="size"):
         generate_phantoms(tmp_path / "q", 1, size=16)
+
+
+def test_series_are_consecutive_slices_of_one_head_with_growing_and_shrinking_lesions(tmp_path):
+    from tsp_model.data.phantom import generate_series
+
+    a = generate_series(tmp_path / "a", 4, slices=8, size=64, seed=5, progress=False)
+    b = generate_series(tmp_path / "b", 4, slices=8, size=64, seed=5, progress=False)
+    assert _files(a.parent) == _files(b.parent)  # deterministic
+    coco = COCO(str(a))
+    images = sorted(coco.dataset["images"], key=lambda im: im["id"])
+    assert [(im["series_id"], im["slice_index"], im["instance_number"]) for im in images[:3]] == [
+        ("series_00000", 0, 1), ("series_00000", 1, 2), ("series_00000", 2, 3)]
+    assert len({im["series_id"] for im in images}) == 4
+    def thumb(im):  # 8 x 8 block means: anatomy, not the per-slice acquisition noise
+        x = np.array(Image.open(a.parent / im["file_name"]), dtype=np.float64)
+        return x.reshape(8, 8, 8, 8).mean(axis=(1, 3))
+
+    thumbs = [thumb(im) for im in images]
+    # neighbours within a series look alike; the same slice level of another head does not
+    same = np.mean([np.abs(thumbs[i] - thumbs[i + 1]).mean() for i in range(2, 6)])
+    other = np.mean([np.abs(thumbs[i] - thumbs[i + 8]).mean() for i in range(2, 6)])
+    assert same < 0.75 * other  # measured: about 7 vs 12.6 gray levels at 64 px
+
+
+def test_a_series_lesion_grows_and_shrinks_from_slice_to_slice():
+    from tsp_model.data.phantom import render_series
+
+    for seed in range(4):
+        areas = [sum(int(m.sum()) for _, m in sl.lesions) for sl in render_series([seed, 7], 64, 12, n_lesions=1)]
+        shown = [a_ for a_ in areas if a_ > 0]
+        assert len(shown) >= 2, areas  # one bleed seen on several neighbouring slices
+        first, last = areas.index(shown[0]), len(areas) - 1 - areas[::-1].index(shown[-1])
+        assert all(v > 0 for v in areas[first:last + 1]), areas  # contiguous
+        peak = int(np.argmax(shown))
+        assert all(x <= y for x, y in zip(shown[:peak], shown[1:peak + 1])), areas  # grows...
+        assert all(x >= y for x, y in zip(shown[peak:], shown[peak + 1:])), areas  # ...then shrinks
+
+
+def test_series_test_sets_never_share_a_head_with_the_pool(tmp_path):
+    from tsp_model.data.phantom import generate_series
+
+    pool = generate_series(tmp_path / "p", 3, slices=2, size=48, seed=0, progress=False)
+    test = generate_series(tmp_path / "t", 2, slices=2, size=48, seed=0, first_series=100, progress=False)
+    ids = lambda p: {im["series_id"] for im in json.loads(p.read_text())["images"]}  # noqa: E731
+    assert ids(pool) == {"series_00000", "series_00001", "series_00002"} and ids(test) == {"series_00100", "series_00101"}
