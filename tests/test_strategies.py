@@ -43,7 +43,7 @@ POOL = [
 
 def test_registry_names():
     assert available_strategies() == [
-        "class_entropy", "core_set", "learning_loss", "mc_dropout", "random", "tsp", "tsp_instance",
+        "class_entropy", "core_set", "learning_loss", "mc_dropout", "random", "tsp", "tsp_diverse", "tsp_instance",
     ]
     for name in available_strategies():
         s = get_strategy(name)
@@ -51,7 +51,7 @@ def test_registry_names():
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(ValueError, match=r"'tps'.*class_entropy, core_set, learning_loss, mc_dropout, random, tsp, tsp_instance"):
+    with pytest.raises(ValueError, match=r"'tps'.*class_entropy, core_set, learning_loss, mc_dropout, random, tsp, tsp_diverse, tsp_instance"):
         get_strategy("tps")
 
 

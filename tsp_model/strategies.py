@@ -251,8 +251,51 @@ class LearningLossStrategy(SelectionStrategy):
         return _ascending(pool, lambda r: -_extra(r, "predicted_loss", hint))
 
 
+class LabeledAwareStrategy(SelectionStrategy):
+    """Base of the strategies that also read the labeled set's records (``select(...,
+    labeled=records)``): subclasses implement :meth:`order`, the first ``budget`` picks."""
+
+    needs = frozenset({"embedding", "labeled_embedding"})
+
+    def order(self, pool: Sequence[ImageScore], budget: int | None, labeled: Sequence[ImageScore],
+              seed: int) -> list[int]:
+        """Indices into ``pool``: the first ``budget`` picks in order (None: the whole pool)."""
+        raise NotImplementedError
+
+    def rank(
+        self, pool: Sequence[ImageScore], *, seed: int = 0, labeled: Sequence[ImageScore] = ()
+    ) -> list[int]:
+        return self.order(pool, None, labeled, seed)
+
+    def select(
+        self,
+        pool: Sequence[ImageScore],
+        budget: int,
+        *,
+        seed: int = 0,
+        labeled: Sequence[ImageScore] = (),
+    ) -> list[int | str]:
+        _check_unique_ids(pool)
+        if budget <= 0 or not pool:
+            return []
+        return [pool[i].image_id for i in self.order(pool, budget, labeled, seed)]
+
+
+def _embeddings(pool: Sequence[ImageScore], labeled: Sequence[ImageScore]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pool's and the labeled set's embedding matrices (same width, or ValueError)."""
+    from tsp_model.embeddings import embedding_matrix
+
+    x = embedding_matrix(pool, what="pool")
+    lab = embedding_matrix(labeled, what="labeled") if labeled else None
+    if lab is not None and lab.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"labeled embeddings have {lab.shape[1]} values, the pool's {x.shape[1]}: score both with the same model"
+        )
+    return x, lab
+
+
 @register_strategy("core_set")
-class CoreSetStrategy(SelectionStrategy):
+class CoreSetStrategy(LabeledAwareStrategy):
     """Core-set baseline (Sener & Savarese, ICLR 2018): k-center greedy over image embeddings.
 
     Embeddings are the trained model's pooled FPN features (:mod:`tsp_model.embeddings`,
@@ -263,42 +306,16 @@ class CoreSetStrategy(SelectionStrategy):
     which stops after ``budget`` picks, on large pools).
     """
 
-    needs = frozenset({"embedding", "labeled_embedding"})
-
-    def rank(
-        self, pool: Sequence[ImageScore], *, seed: int = 0, labeled: Sequence[ImageScore] = ()
-    ) -> list[int]:
-        return self._greedy(pool, len(pool), labeled)
-
-    def select(
-        self,
-        pool: Sequence[ImageScore],
-        budget: int,
-        *,
-        seed: int = 0,
-        labeled: Sequence[ImageScore] = (),
-    ) -> list[int | str]:
-        _check_unique_ids(pool)
-        if budget <= 0 or not pool:
-            return []
-        return [pool[i].image_id for i in self._greedy(pool, budget, labeled)]
-
-    @staticmethod
-    def _greedy(pool: Sequence[ImageScore], budget: int, labeled: Sequence[ImageScore]) -> list[int]:
+    def order(self, pool: Sequence[ImageScore], budget: int | None, labeled: Sequence[ImageScore],
+              seed: int) -> list[int]:
         from tsp_model.coreset import k_center_greedy
-        from tsp_model.embeddings import embedding_matrix
 
-        x = embedding_matrix(pool, what="pool")
-        lab = embedding_matrix(labeled, what="labeled") if labeled else None
-        if lab is not None and lab.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"labeled embeddings have {lab.shape[1]} values, the pool's {x.shape[1]}: score both with the same model"
-            )
-        return k_center_greedy(x, lab, budget)
+        x, lab = _embeddings(pool, labeled)
+        return k_center_greedy(x, lab, len(pool) if budget is None else budget)
 
 
 @register_strategy("tsp_diverse")
-class TSPDiverseStrategy(SelectionStrategy):
+class TSPDiverseStrategy(LabeledAwareStrategy):
     """TSP with diversity: the order Label Studio's Uncertainty sampling serves when every
     prediction carries a cluster (:func:`tsp_model.diversity.cluster_round_robin`): the lowest
     S_i of the clusters with the fewest labeled images first, so near-duplicate slices do not
@@ -309,52 +326,25 @@ class TSPDiverseStrategy(SelectionStrategy):
     together, k = :func:`tsp_model.diversity.cluster_count` (b, ``active.budget``).
     """
 
-    needs = frozenset({"embedding", "labeled_embedding"})
-
-    def rank(
-        self, pool: Sequence[ImageScore], *, seed: int = 0, labeled: Sequence[ImageScore] = ()
-    ) -> list[int]:
-        return self._order(pool, None, labeled, seed)
-
-    def select(
-        self,
-        pool: Sequence[ImageScore],
-        budget: int,
-        *,
-        seed: int = 0,
-        labeled: Sequence[ImageScore] = (),
-    ) -> list[int | str]:
-        _check_unique_ids(pool)
-        if budget <= 0 or not pool:
-            return []
-        return [pool[i].image_id for i in self._order(pool, budget, labeled, seed)]
-
     def clusters(
         self, pool: Sequence[ImageScore], labeled: Sequence[ImageScore] = (), seed: int = 0
     ) -> tuple[list[int], list[int]]:
         """``(pool clusters, labeled clusters)``, aligned with the records."""
         from tsp_model.diversity import cluster_count, embedding_clusters
-        from tsp_model.embeddings import embedding_matrix
 
         every = list(pool) + list(labeled)
         if every and all("cluster" in r.extras for r in every):
             ids = [int(r.extras["cluster"]) for r in every]
         else:
-            x = embedding_matrix(pool, what="pool")
-            if labeled:
-                lab = embedding_matrix(labeled, what="labeled")
-                if lab.shape[1] != x.shape[1]:
-                    raise ValueError(
-                        f"labeled embeddings have {lab.shape[1]} values, the pool's {x.shape[1]}: score both with "
-                        "the same model"
-                    )
+            x, lab = _embeddings(pool, labeled)
+            if lab is not None:
                 x = np.concatenate([x, lab])
             k = cluster_count(len(every), self.active.budget)
             ids = [int(v) for v in embedding_clusters(x, k, seed=seed)]
         return ids[: len(pool)], ids[len(pool):]
 
-    def _order(self, pool: Sequence[ImageScore], budget: int | None, labeled: Sequence[ImageScore],
-               seed: int) -> list[int]:
+    def order(self, pool: Sequence[ImageScore], budget: int | None, labeled: Sequence[ImageScore],
+              seed: int) -> list[int]:
         from tsp_model.diversity import cluster_round_robin
 
         pool_c, lab_c = self.clusters(pool, labeled, seed)
