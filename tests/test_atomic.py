@@ -47,6 +47,9 @@ def test_ctrl_c_during_a_write_lands_after_the_file_is_in_place(tmp_path):
 
     from tsp_model.atomic import sigint_deferred
 
+    # as in a terminal: a test run started in the background (nohup, CI job control) may have
+    # inherited SIGINT ignored, and an ignored signal never becomes a KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     target = tmp_path / "f.txt"
     target.write_text("old")
     with pytest.raises(KeyboardInterrupt):
@@ -59,3 +62,4 @@ def test_ctrl_c_during_a_write_lands_after_the_file_is_in_place(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     with sigint_deferred():  # nothing received: nothing raised
         pass
+    signal.signal(signal.SIGINT, previous)

@@ -49,6 +49,9 @@ device = "cpu"
 workers = 0
 batch_size = 4
 amp = false
+
+[projects.ich.active]
+cluster_source = "none"  # the pool alone, so batches count pool tasks (clusters: test_cluster_queue_integration)
 """
 
 
