@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -106,3 +107,31 @@ def wait_for(pred, timeout: float = 30.0, interval: float = 0.3):
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
+
+
+def tcp_sockets(port: int) -> list[tuple[str, str]]:
+    """(local address hex, state hex) of the IPv4/IPv6 TCP sockets whose local port is ``port``
+    (Linux /proc/net/tcp{,6}: state 0A = LISTEN, 06 = TIME_WAIT)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).is_file():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if int(hex_port, 16) == port:
+                found.append((address, state))
+    return found
+
+
+def leave_time_wait(port: int) -> None:
+    """Open and close one connection on 127.0.0.1:``port`` with the server side closing first, as
+    a stopped web server does: that side's socket (local port ``port``) stays in TIME-WAIT."""
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", port))
+        srv.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = srv.accept()
+            conn.close()
+            client.recv(1)  # sees the server's FIN, then closes its end
