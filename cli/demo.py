@@ -388,10 +388,10 @@ def format_check(verify: dict[str, Any] | None, user: str, login: str) -> str:
 
 
 SAMPLING_NOTE = (
-    "Settings -> General shows no task sampling selected and offers 'Uncertainty sampling' with an "
-    "Enterprise badge:\n               the open-source settings page lists only Sequential and Uniform. The API "
-    "set Uncertainty sampling\n               on the current model and the label stream (/next) honours it; "
-    "check it any time with:"
+    "Project Settings -> General shows none of its three task samplings selected, and 'Uncertainty\n"
+    "               sampling' with an Enterprise mark: the open-source page does not show the setting. The API\n"
+    "               set Uncertainty sampling on the current model, the label stream honours it (checked above),\n"
+    "               and saving that page leaves it as it is. Check it again any time with:"
 )
 
 
