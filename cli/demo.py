@@ -225,7 +225,7 @@ def annotate_first_batch(client: Any, project_id: int, truth: GroundTruth, batch
     from tqdm import tqdm
 
     tasks = _tasks(client, project_id)
-    if any((getattr(t, "total_annotations", 0) or 0) > 0 for t in tasks):
+    if count_labeled(tasks):
         return 0
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(tasks), size=min(batch, len(tasks)), replace=False)

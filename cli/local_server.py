@@ -7,12 +7,12 @@ It runs ``label-studio start`` on SQLite in ``data_dir`` with local-file serving
 Label Studio's SSRF protection OFF (``ML_BLOCK_LOCAL_IP=false``, ``SSRF_PROTECTION_ENABLED=false``)
 so that an ML backend on 127.0.0.1 can be connected. Never run a shared server that way.
 
-Where it listens: Label Studio binds ``--internal-host`` (its default is 0.0.0.0, every interface),
-127.0.0.1 here unless ``host`` says otherwise. Its ``--host`` is not the bind address but the
-public URL it writes into links (ignored unless it starts with ``http``); it is left unset, so
-task and storage URLs stay relative as before. The login is passed as ``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` in the
-environment (Label Studio's ``server.py`` reads them when ``--username``/``--password`` are
-absent), so the password never shows in ``ps``.
+Where it listens: Label Studio binds ``--internal-host`` (its default is 0.0.0.0, every
+interface), 127.0.0.1 here unless ``host`` says otherwise. Its ``--host`` is not the bind address
+but the public URL it writes into links (ignored unless it starts with ``http``); it is left
+unset, so task and storage URLs stay relative as before. The login goes in the environment,
+``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` (Label Studio's ``server.py`` reads them
+when ``--username``/``--password`` are absent), so the password never shows in ``ps``.
 
 The API token is a Personal Access Token obtained through the login flow (Label Studio 1.23 has
 legacy tokens off). A user has one PAT, and Label Studio shows it only once, so the first one is
@@ -21,8 +21,9 @@ file does not (it was created in the UI), paste the token into that file, or rev
 Account & Settings and start again.
 
 :meth:`LocalLabelStudio.queue_check_token` makes a second user in the same organization, one that
-labels nothing, for checking the label stream (``GET /api/projects/{id}/next``) without touching
-the labeling users' streams; its PAT is kept in ``<data_dir>/tsp-verify-pat``.
+labels nothing, for checking the label stream (``GET /api/projects/{id}/next``, see
+:mod:`tsp_cli.reorder`, which also releases the lock each check takes); its PAT is kept in
+``<data_dir>/tsp-verify-pat``.
 
 On a new ``data_dir`` the ``SECRET_KEY`` (it signs the PATs) is written to ``<data_dir>/.env``
 before the first start. Label Studio would generate one itself, but reads it back with

@@ -184,8 +184,9 @@ def reorder(obj: _Ctx, project: str, verify: bool) -> None:
     if v:
         who = f"as {verifier[1]}" if verifier else "as the token's user"
         if v["honored"]:
+            released = "its lock released" if v.get("released") else "its lock NOT released (see the warning)"
             click.echo(f"/next ({who}) serves task {v['next_task']} (score {v['next_score']:.4f}, "
-                       f"S={v['next_S']:.4f}), the lowest-scored task ({s['strategy']} order); its lock released")
+                       f"S={v['next_S']:.4f}), the lowest-scored task ({s['strategy']} order); {released}")
         elif v["next_task"] is None:
             click.echo(f"/next ({who}) serves no task (nothing left, or all skipped by this user)")
         elif v["honored"] is None:

@@ -136,6 +136,16 @@ def release_next_lock(client: Any, task_id: int) -> None:
     call(client, what, client.annotations.delete, id=int(annotation.id))
 
 
+def _try_release(client: Any, task_id: int) -> bool:
+    try:
+        release_next_lock(client, task_id)
+    except SyncError as exc:  # e.g. a server where the task cannot be skipped
+        log.warning("%s; the lock on task %s lasts until Label Studio's TASK_LOCK_TTL (24 h by default) expires",
+                    exc, task_id)
+        return False
+    return True
+
+
 def _ask_next(client: Any, project_id: int) -> tuple[int | None, str]:
     # 404: nothing left to serve this user (all labeled, or skipped by them)
     answer = get_json(client, f"api/projects/{project_id}/next", f"asking project {project_id} for its next task",
@@ -168,8 +178,7 @@ def verify_next(
     """
     image_scores = scores if image_scores is None else image_scores
     next_id, queue = _ask_next(client, project_id)
-    if dedicated and next_id is not None and "lock" in queue.lower():
-        release_next_lock(client, next_id)
+    if dedicated and next_id is not None and "lock" in queue.lower() and _try_release(client, next_id):
         next_id, queue = _ask_next(client, project_id)
     lowest_task, lowest = (min(scores.items(), key=lambda kv: (kv[1], kv[0])) if scores else (None, None))
     next_score = scores.get(next_id) if next_id is not None else None
@@ -179,8 +188,7 @@ def verify_next(
         honored = None  # the user's earlier lock is served first; says nothing about the order
     else:
         honored = next_score is not None and lowest is not None and abs(next_score - lowest) <= 1e-9
-        release_next_lock(client, next_id)  # this question's lock: leave the task to the annotators
-        released = True
+        released = _try_release(client, next_id)  # this question's lock: leave the task to the annotators
     return {"next_task": next_id, "next_score": next_score, "next_S": _s_of(image_scores, next_id),
             "next_rank": rank, "lowest_task": lowest_task, "lowest_score": lowest,
             "lowest_S": _s_of(image_scores, lowest_task),

@@ -74,6 +74,12 @@ def test_printed_commands_work_when_pasted(demo_run, label_studio):
     opts, result, text = demo_run
     for name in ("status", "check"):
         assert result["commands"][name] in text  # printed verbatim
+    # an interrupted check would leave the queue-check user holding a lock: the check releases it
+    from label_studio_sdk import LabelStudio
+
+    checker = LabelStudio(base_url=label_studio.url, api_key=label_studio.queue_check_token())
+    stale = checker._client_wrapper.httpx_client.request(f"api/projects/{result['project_id']}/next", method="GET")
+    assert stale.status_code == 200
     status = _fresh_shell(result["commands"]["status"])
     assert status.returncode == 0, status.stderr
     assert result["summary"]["model_version"] in status.stdout
@@ -113,7 +119,6 @@ def test_priority_view_shows_id_image_and_score_only(demo_run, ls_client, label_
     assert len(views) == 1
     data = views[0].data
     assert data["ordering"] == ["tasks:predictions_score"] and data["type"] == "list"
-    ls_client.tsp_url = label_studio.url
     columns = get_json(ls_client, "api/dm/columns", "columns", params={"project": result["project_id"]})["columns"]
     keys = {("tasks:data." if c.get("parent") == "data" else "tasks:") + c["id"]
             for c in columns if c.get("children") is None}
@@ -152,6 +157,22 @@ def test_second_run_labels_what_the_queue_serves_then_learns(demo_run, label_stu
     served_next = _served_to_printed_login(label_studio, text, first["project_id"])
     assert "lock" not in served_next["queue"].lower(), served_next["queue"]
     assert S2[served_next["id"]] == pytest.approx(min(S2[t] for t in rest), abs=1e-9)
+
+
+def test_check_as_a_labeling_user_leaves_their_lock_alone(demo_run, ls_client):
+    # the token's user (the printed login) holds a lock since the last test: a task open in their
+    # stream; a check as that user must not take it from them
+    from tsp_cli.client import get_json
+    from tsp_cli.reorder import verify_next
+
+    _, result, _ = demo_run
+    pid = result["project_id"]
+    _, scores = _queue_scores(ls_client, pid)
+    held = get_json(ls_client, f"api/projects/{pid}/next", "next")
+    check = verify_next(ls_client, pid, scores)
+    assert check["honored"] is None and check["released"] is False and check["next_task"] == held["id"]
+    again = get_json(ls_client, f"api/projects/{pid}/next", "next")
+    assert again["id"] == held["id"] and "Task lock" in again["queue"]
 
 
 def test_label_config_and_queue_formatting():
