@@ -64,18 +64,16 @@ def dm_columns(client: Any, project_id: int) -> list[tuple[str, str]]:
     return columns
 
 
-def _view_payload(columns: list[tuple[str, str]]) -> dict[str, Any]:
+def _view_payload(columns: list[tuple[str, str]] | None) -> dict[str, Any]:
     """The view's ``data`` in the Data Manager's own shape (what its UI saves for a tab).
 
     The table's column order is Label Studio's (task fields, then task data), so "first" means
     hiding the rest: every column but the ID, the image(s) and the prediction score is in
     ``hiddenColumns`` for both modes (``explore``: the table, ``labeling``: the list beside the
     labeling view). Image data columns are drawn as thumbnails (``columnsDisplayType``).
+    ``columns`` None (unknown): the tab keeps the Data Manager's default columns.
     """
-    images = [key for key, kind in columns if kind == "Image"]
-    shown = set(images) | set(_SHOWN_COLUMNS)
-    hidden = [key for key, _ in columns if key not in shown]
-    return {
+    payload: dict[str, Any] = {
         "title": VIEW_TITLE,
         "type": "list",
         "target": "tasks",
@@ -84,15 +82,25 @@ def _view_payload(columns: list[tuple[str, str]]) -> dict[str, Any]:
             "conjunction": "and",
             "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
         },
-        "hiddenColumns": {"explore": hidden, "labeling": list(hidden)},
-        "columnsDisplayType": {key: "Image" for key in images},
     }
+    if columns is not None:
+        images = [key for key, kind in columns if kind == "Image"]
+        shown = set(images) | set(_SHOWN_COLUMNS)
+        hidden = [key for key, _ in columns if key not in shown]
+        payload["hiddenColumns"] = {"explore": hidden, "labeling": list(hidden)}
+        payload["columnsDisplayType"] = {key: "Image" for key in images}
+    return payload
 
 
 def upsert_view(client: Any, project_id: int) -> int:
     """Create or update the "TSP priority" view; returns its id."""
     views = call(client, f"listing the views of project {project_id}", client.views.list, project=project_id)
-    data = _view_payload(dm_columns(client, project_id))
+    try:
+        columns: list[tuple[str, str]] | None = dm_columns(client, project_id)
+    except SyncError as exc:  # the order matters more than the columns shown
+        log.warning("%s; the %r tab keeps the default columns", exc, VIEW_TITLE)
+        columns = None
+    data = _view_payload(columns)
     for v in views:
         vdata = v.data if isinstance(v.data, dict) else (v.data.model_dump() if v.data is not None else {})
         if vdata.get("title") == VIEW_TITLE:
