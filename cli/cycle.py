@@ -31,11 +31,15 @@ def cycle(
     *,
     gpus: int = 1,
     verify: bool = True,
+    verify_client: Any = None,
     progress: bool = True,
     echo: Any = print,
 ) -> dict[str, Any]:
     """Run the four steps (``gpus`` processes for training and pool scoring); returns the summary
-    (also ``state.json:last_cycle``)."""
+    (also ``state.json:last_cycle``).
+
+    ``verify_client``: ask ``/next`` as this client's user (one nobody labels with) when verifying.
+    """
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -54,7 +58,8 @@ def cycle(
     echo(f"score: {scored['scored']} tasks scored, {scored['pushed']} predictions pushed, {scored['deleted']} old deleted")
 
     t = time.perf_counter()
-    ordered = reorder(client, project, workdir, model_version=scored["model_version"], verify=verify)
+    ordered = reorder(client, project, workdir, model_version=scored["model_version"], verify=verify,
+                      verify_client=verify_client)
     timings["reorder"] = time.perf_counter() - t
 
     counts = pulled.snapshot.manifest.get("counts", {})

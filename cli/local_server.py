@@ -7,17 +7,35 @@ It runs ``label-studio start`` on SQLite in ``data_dir`` with local-file serving
 Label Studio's SSRF protection OFF (``ML_BLOCK_LOCAL_IP=false``, ``SSRF_PROTECTION_ENABLED=false``)
 so that an ML backend on 127.0.0.1 can be connected. Never run a shared server that way.
 
+Where it listens: Label Studio binds ``--internal-host`` (its default is 0.0.0.0, every
+interface), 127.0.0.1 here unless ``host`` says otherwise. Its ``--host`` is not the bind address
+but the public URL it writes into links (ignored unless it starts with ``http``); it is left
+unset, so task and storage URLs stay relative as before. The login goes in the environment,
+``LABEL_STUDIO_USERNAME`` / ``LABEL_STUDIO_PASSWORD`` (Label Studio's ``server.py`` reads them
+when ``--username``/``--password`` are absent), so the password never shows in ``ps``.
+
 The API token is a Personal Access Token obtained through the login flow (Label Studio 1.23 has
 legacy tokens off). A user has one PAT, and Label Studio shows it only once, so the first one is
 stored in ``<data_dir>/tsp-pat`` (mode 0600) and reused on later starts. If a PAT exists but that
 file does not (it was created in the UI), paste the token into that file, or revoke it under
 Account & Settings and start again.
+
+:meth:`LocalLabelStudio.queue_check_token` makes a second user in the same organization, one that
+labels nothing, for checking the label stream (``GET /api/projects/{id}/next``, see
+:mod:`tsp_cli.reorder`, which also releases the lock each check takes); its PAT is kept in
+``<data_dir>/tsp-verify-pat``.
+
+On a new ``data_dir`` the ``SECRET_KEY`` (it signs the PATs) is written to ``<data_dir>/.env``
+before the first start. Label Studio would generate one itself, but reads it back with
+django-environ, which takes a value starting with ``$`` for a reference to another variable: such
+a key (about 1 in 50) is replaced on every start, and every stored PAT stops working.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,9 +47,11 @@ from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelStudioStartError", "LocalLabelStudio", "default_ls_bin", "free_port"]
+__all__ = ["LabelStudioStartError", "LocalLabelStudio", "default_ls_bin", "free_port", "port_free"]
 
 PAT_FILE = "tsp-pat"
+VERIFY_PAT_FILE = "tsp-verify-pat"
+VERIFY_USER = "queue-check@tsp.local"
 
 
 class LabelStudioStartError(RuntimeError):
@@ -55,6 +75,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now.
+
+    Binds with ``SO_REUSEADDR``, as Label Studio's and gunicorn's servers do: connections closed in
+    the last minute or so (TIME-WAIT) then do not count, only a socket that really listens does.
+    """
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """``text`` into ``path`` with mode 0600, atomically (the file is never readable by others)."""
+    from tsp_model.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_text(text)
+
+
 class LocalLabelStudio:
     """Context manager running ``label-studio start`` in its own process group.
 
@@ -73,16 +117,19 @@ class LocalLabelStudio:
         files_root: str | Path | None = None,
         start_timeout: float = 300.0,
         extra_env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.username = username
         self.password = password
         self.ls_bin = ls_bin or default_ls_bin()
         self.files_root = Path(files_root).resolve() if files_root else self.data_dir / "files"
         self.start_timeout = start_timeout
         self.extra_env = extra_env or {}
-        self.url = f"http://127.0.0.1:{self.port}"
+        # what clients use; a server bound to 0.0.0.0 answers on loopback too
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
         self.token: str | None = None
         self.log_path = self.data_dir / "label-studio.log"
         self._proc: subprocess.Popen | None = None
@@ -97,6 +144,7 @@ class LocalLabelStudio:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.files_root.mkdir(parents=True, exist_ok=True)
+        self._ensure_secret_key()
         env = dict(os.environ)
         env.update(
             LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir),
@@ -105,13 +153,15 @@ class LocalLabelStudio:
             # local development and tests only: lets Label Studio call a backend on 127.0.0.1
             ML_BLOCK_LOCAL_IP="false",
             SSRF_PROTECTION_ENABLED="false",
-            LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="false",
+            # new users only through the organization's invite link (queue_check_token uses it)
+            LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)
+        # the login from the environment, not argv: a password on a command line shows in `ps`
+        env.update(LABEL_STUDIO_USERNAME=self.username, LABEL_STUDIO_PASSWORD=self.password)
         cmd = [
-            self.ls_bin, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(self.port),
-            "--username", self.username, "--password", self.password,
+            self.ls_bin, "start", "--no-browser", "--internal-host", self.host, "--port", str(self.port),
         ]
         self._log = open(self.log_path, "ab")
         logger.info("starting Label Studio on %s (data %s, log %s)", self.url, self.data_dir, self.log_path)
@@ -126,6 +176,13 @@ class LocalLabelStudio:
             self.stop()
             raise
         return self
+
+    def _ensure_secret_key(self) -> None:
+        """Write a SECRET_KEY that django-environ reads back (see the module docstring) into a new
+        data folder's ``.env``; an existing ``.env`` is Label Studio's and is left alone."""
+        env_file = self.data_dir / ".env"
+        if not env_file.exists():
+            _write_secret(env_file, f"SECRET_KEY={secrets.token_urlsafe(48)}\n")
 
     def _wait_healthy(self) -> None:
         import requests
@@ -178,49 +235,93 @@ class LocalLabelStudio:
     def pat_path(self) -> Path:
         return self.data_dir / PAT_FILE
 
-    def login_session(self):
-        """A ``requests.Session`` logged in through the web form (cookies + CSRF token)."""
+    @property
+    def verify_pat_path(self) -> Path:
+        return self.data_dir / VERIFY_PAT_FILE
+
+    def login_session(self, username: str | None = None, password: str | None = None, signup_token: str = ""):
+        """A ``requests.Session`` logged in through the web form (cookies + CSRF token).
+
+        Default: the server's own user. With ``signup_token`` (the organization's invite token) it
+        signs the user up first, as a person following an invite link does.
+        """
         import requests
 
+        username = username or self.username
+        password = password or self.password
+        page = "/user/signup/" if signup_token else "/user/login/"
         s = requests.Session()
-        r = s.get(self.url + "/user/login/", timeout=30)
+        r = s.get(self.url + page, timeout=30)
         r.raise_for_status()
         csrf = s.cookies.get("csrftoken")
         if not csrf:
-            raise LabelStudioStartError(f"{self.url}/user/login/ set no csrftoken cookie")
+            raise LabelStudioStartError(f"{self.url}{page} set no csrftoken cookie")
         r = s.post(
-            self.url + "/user/login/",
-            data={"email": self.username, "password": self.password, "csrfmiddlewaretoken": csrf},
-            headers={"Referer": self.url + "/user/login/"},
+            self.url + page,
+            params={"token": signup_token} if signup_token else None,
+            data={"email": username, "password": password, "csrfmiddlewaretoken": csrf},
+            headers={"Referer": self.url + page},
             timeout=30,
             allow_redirects=False,
         )
         if r.status_code not in (200, 302) or "sessionid" not in s.cookies:
+            what = "sign-up" if signup_token else "login"
             raise LabelStudioStartError(
-                f"login to {self.url} as {self.username} failed (HTTP {r.status_code}); check the username and password"
+                f"{what} to {self.url} as {username} failed (HTTP {r.status_code}); check the username and password"
             )
         s.headers["X-CSRFToken"] = s.cookies.get("csrftoken", csrf)
         s.headers["Referer"] = self.url + "/"
         return s
 
-    def _obtain_token(self) -> str:
-        """The user's PAT: from ``<data_dir>/tsp-pat`` if stored, else created and stored (0600)."""
-        if self.pat_path.is_file():
-            return self.pat_path.read_text().strip()
-        s = self.login_session()
-        r = s.post(self.url + "/api/token/", json={}, timeout=30)
+    def _new_pat(self, session, username: str, path: Path) -> str:
+        """Create the logged-in user's PAT and store it in ``path`` (0600)."""
+        r = session.post(self.url + "/api/token/", json={}, timeout=30)
         if r.status_code == 409:
             raise LabelStudioStartError(
-                f"{self.username} already has a Personal Access Token that was not stored in {self.pat_path}; "
+                f"{username} already has a Personal Access Token that was not stored in {path}; "
                 "paste it into that file (chmod 600) or revoke it in Account & Settings and start again"
             )
         if r.status_code not in (200, 201) or "token" not in r.json():
             raise LabelStudioStartError(f"POST {self.url}/api/token/ answered HTTP {r.status_code}; cannot get a token")
         token = r.json()["token"]
-        fd = os.open(self.pat_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
+        _write_secret(path, token + "\n")
         return token
+
+    def _obtain_token(self) -> str:
+        """The user's PAT: from ``<data_dir>/tsp-pat`` if stored, else created and stored (0600)."""
+        if self.pat_path.is_file():
+            return self.pat_path.read_text().strip()
+        return self._new_pat(self.login_session(), self.username, self.pat_path)
+
+    def add_user(self, email: str, password: str, pat_path: Path) -> str:
+        """Sign ``email`` up in the server user's organization through its invite link (as a
+        person following it does) and return their new Personal Access Token, stored in
+        ``pat_path`` (0600)."""
+        admin = self.login_session()
+        r = admin.get(self.url + "/api/invite", timeout=30)
+        if r.status_code != 200 or "token" not in r.json():
+            raise LabelStudioStartError(f"GET {self.url}/api/invite answered HTTP {r.status_code}; cannot add a user")
+        session = self.login_session(email, password, signup_token=r.json()["token"])
+        return self._new_pat(session, email, pat_path)
+
+    def queue_check_token(self) -> str:
+        """The PAT of :data:`VERIFY_USER`, a member of the server user's organization that labels
+        nothing: asking ``/next`` as it shows the order without locking a task for a labeling user.
+
+        Made once (:meth:`add_user` with a random password that is not kept) and stored in
+        ``<data_dir>/tsp-verify-pat`` (0600).
+        """
+        if self.verify_pat_path.is_file():
+            return self.verify_pat_path.read_text().strip()
+        try:
+            return self.add_user(VERIFY_USER, secrets.token_urlsafe(18), self.verify_pat_path)
+        except LabelStudioStartError as exc:
+            if "invite" in str(exc):
+                raise
+            raise LabelStudioStartError(
+                f"cannot sign up {VERIFY_USER} at {self.url} (it may exist without its token in "
+                f"{self.verify_pat_path}); delete that user in Organization, or start on a new data folder"
+            ) from None
 
 
 def main() -> None:  # pragma: no cover - manual use: python -m tsp_cli.local_server DATA_DIR [PORT]

@@ -209,54 +209,63 @@ def score(obj: _Ctx, project: str, gpus: int) -> None:
                   "Uncertainty sampling + 'TSP priority' view).")
 @project_option
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help="Check GET /api/projects/{id}/next; Label Studio then locks the served task for the "
-                   "token's user (TASK_LOCK_TTL, default 24 h).")
+              help="Check GET /api/projects/{id}/next, then release the lock it puts on the served task. Asks as "
+                   "the user of $LABEL_STUDIO_VERIFY_API_KEY (a user nobody labels with) when set, else as the "
+                   "token's user.")
 @click.pass_obj
 @handle_errors
 def reorder(obj: _Ctx, project: str, verify: bool) -> None:
-    from tsp_cli.reorder import VIEW_TITLE
+    from tsp_cli.reorder import VIEW_TITLE, verify_client_from_env
     from tsp_cli.reorder import reorder as do_reorder
     from tsp_cli.workdir import Workdir
 
     settings = obj.project_settings(project)
-    client, ls_project, _ = obj.connect(settings)
-    s = do_reorder(client, ls_project, Workdir(settings.workdir), verify=verify)
+    client, ls_project, secrets = obj.connect(settings)
+    verifier = verify_client_from_env(client, secrets.url) if verify else None
+    s = do_reorder(client, ls_project, Workdir(settings.workdir), verify=verify,
+                   verify_client=verifier[0] if verifier else None)
     click.echo(f"project {ls_project.id}: model_version {s['model_version']}, ordered by {s['strategy']}, "
                f"{s['sampling']}, view {VIEW_TITLE!r} (id {s['view_id']})")
     v = s.get("verify")
     if v:
+        who = f"as {verifier[1]}" if verifier else "as the token's user"
         where = "" if v.get("next_cluster") is None else f" of its cluster {v['next_cluster']}"
         if v["honored"]:
-            click.echo(f"/next serves task {v['next_task']} (score {v['next_score']:.4f}, S={v['next_S']:.4f}), "
-                       f"the lowest-scored task{where} ({s['strategy']} order)")
+            released = "its lock released" if v.get("released") else "its lock NOT released (see the warning)"
+            click.echo(f"/next ({who}) serves task {v['next_task']} (score {v['next_score']:.4f}, "
+                       f"S={v['next_S']:.4f}), the lowest-scored task{where} ({s['strategy']} order); {released}")
         elif v["next_task"] is None:
-            click.echo("/next serves no task to this user (nothing left, or all skipped by them)")
+            click.echo(f"/next ({who}) serves no task (nothing left, or all skipped by this user)")
         elif v["honored"] is None:
-            click.echo(f"/next serves task {v['next_task']}, locked for this user by an earlier call: inconclusive")
+            click.echo(f"/next ({who}) serves task {v['next_task']}, locked for this user by an earlier call: "
+                       "inconclusive; set LABEL_STUDIO_VERIFY_API_KEY to the token of a user nobody labels with")
         else:
-            click.echo(f"/next serves task {v['next_task']}, not the lowest-scored task{where} {v['lowest_task']}: this "
-                       f"server does not honor the order; label from the {VIEW_TITLE!r} view with "
-                       "'Label Tasks As Displayed'")
+            click.echo(f"/next ({who}) serves task {v['next_task']} (rank {v['next_rank']}), not the lowest-scored "
+                       f"task{where} {v['lowest_task']}: the lower ones are open in an annotator's stream (locked), or "
+                       f"this server does not honor the order; then label from the {VIEW_TITLE!r} view with 'Label "
+                       "Tasks As Displayed'")
 
 
 @cli.command(help="pull, retrain, score and reorder, then print one summary table.")
 @project_option
 @gpus_option
 @click.option("--verify/--no-verify", default=False, show_default=True,
-              help="Check GET /api/projects/{id}/next after reordering. Off by default: Label Studio locks "
-                   "the served task for the token's user (TASK_LOCK_TTL), which would hold back the most "
-                   "informative task every cycle; `tsp-sync reorder` verifies by default.")
+              help="Check GET /api/projects/{id}/next after reordering, as `tsp-sync reorder --verify` does "
+                   "(as the user of $LABEL_STUDIO_VERIFY_API_KEY when set).")
 @click.pass_obj
 @handle_errors
 def cycle(obj: _Ctx, project: str, gpus: int, verify: bool) -> None:
     from tsp_cli.cycle import cycle as do_cycle
     from tsp_cli.cycle import format_table
+    from tsp_cli.reorder import verify_client_from_env
     from tsp_cli.workdir import Workdir
 
     settings = obj.project_settings(project)
     client, ls_project, secrets = obj.connect(settings)
+    verifier = verify_client_from_env(client, secrets.url) if verify else None
     s = do_cycle(client, ls_project, settings, Workdir(settings.workdir), secrets, gpus=gpus, verify=verify,
-                 progress=obj.progress, echo=lambda m: click.echo(m, err=True))
+                 verify_client=verifier[0] if verifier else None, progress=obj.progress,
+                 echo=lambda m: click.echo(m, err=True))
     click.echo(format_table(s))
 
 
@@ -276,29 +285,34 @@ def status(obj: _Ctx, project: str, as_json: bool) -> None:
 
 
 @cli.command(help="The quickstart: a local Label Studio with generated head-CT slices, the backend "
-                  "connected, one active-learning cycle, the reordered queue. Ctrl-C stops it all.")
+                  "connected, one active-learning cycle per run, the reordered queue. Ctrl-C stops it all.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True,
               help="Folder for the slices, Label Studio's database, the work directory and tsp.toml.")
 @click.option("--count", type=click.IntRange(min=4), default=60, show_default=True, help="Generated slices.")
 @click.option("--size", type=click.IntRange(min=64), default=256, show_default=True, help="Slice size in pixels.")
 @click.option("--first-batch", type=click.IntRange(min=2), default=20, show_default=True,
               help="Slices annotated from the ground truth before the first cycle (Algorithm 1, line 4).")
+@click.option("--batch", "-b", type=click.IntRange(min=1), default=10, show_default=True,
+              help="b: on later runs, slices labeled from the queue (/next) before the cycle.")
 @click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True,
-              help="Training epochs of the tiny CPU model (about 0.8 s each for 16 slices at 256 px on 2 cores).")
+              help="Training epochs of the tiny CPU model per cycle (minutes on an idle 2-core CPU; see README).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface Label Studio listens on (0.0.0.0: every interface, reachable from other machines).")
 @click.option("--port", type=int, default=8080, show_default=True, help="Label Studio port.")
 @click.option("--backend-port", type=int, default=9090, show_default=True)
 @click.option("--serve/--no-serve", default=True, show_default=True,
               help="Keep Label Studio and the backend running until Ctrl-C.")
 @click.pass_obj
 @handle_errors
-def demo(obj: _Ctx, root: Path, count: int, size: int, first_batch: int, epochs: int, port: int,
-         backend_port: int, serve: bool) -> None:
+def demo(obj: _Ctx, root: Path, count: int, size: int, first_batch: int, batch: int, epochs: int, host: str,
+         port: int, backend_port: int, serve: bool) -> None:
     from tsp_cli.demo import DemoOptions, run_demo
 
     if first_batch >= count:
         raise click.BadParameter("--first-batch must be smaller than --count (the rest is the pool)")
-    run_demo(DemoOptions(root=root, count=count, size=size, first_batch=first_batch, epochs=epochs, port=port,
-                         backend_port=backend_port, serve=serve, progress=obj.progress), echo=click.echo)
+    run_demo(DemoOptions(root=root, count=count, size=size, first_batch=first_batch, batch=batch, epochs=epochs,
+                         host=host, port=port, backend_port=backend_port, serve=serve, progress=obj.progress),
+             echo=click.echo)
 
 
 def _register_review_commands() -> None:

@@ -217,11 +217,23 @@ def _cycles_or_state(wd: Path) -> list[dict[str, Any]]:
 
 def _run_report(ctx: click.Context, project: str | None, workdir: Path | None, out_dir: Path | None) -> None:
     wd = _workdir(ctx, project, workdir)
-    click.echo("\n".join(str(p) for p in write_report(wd, out_dir)))
+    title = f"project {project}" if project and workdir is None else None
+    click.echo("\n".join(str(p) for p in write_report(wd, out_dir, title=title)))
 
 
-def write_report(wd: Path, out_dir: Path | None = None) -> list[Path]:
-    """Learning curve and S_i histograms of a work directory; returns the PNGs written."""
+def curve_title(name: str, cycles: list[dict[str, Any]]) -> str:
+    """"<name>: N cycles, 20 -> 30 labeled images" (the learning curve's heading)."""
+    counts = [int(c.get("labeled", 0)) for c in sorted(cycles, key=lambda r: int(r.get("cycle", 0)))]
+    n = len(counts)
+    span = f"{counts[0]} -> {counts[-1]}" if counts and counts[0] != counts[-1] else str(counts[0] if counts else 0)
+    return f"{name}: {n} cycle{'s' if n != 1 else ''}, {span} labeled images"
+
+
+def write_report(wd: Path, out_dir: Path | None = None, title: str | None = None) -> list[Path]:
+    """Learning curve and S_i histograms of a work directory; returns the PNGs written.
+
+    ``title``: what the curve's heading names (default: the work directory's path).
+    """
     from tsp_model.records import read_jsonl
     from tsp_model.report import plot_learning_curve, plot_score_histograms
 
@@ -229,7 +241,8 @@ def write_report(wd: Path, out_dir: Path | None = None) -> list[Path]:
     cycles = _cycles_or_state(wd)
     written = []
     if cycles:
-        written.append(plot_learning_curve(cycles, out / "learning_curve.png", title=str(wd.name)))
+        heading = curve_title(title or str(wd), cycles)
+        written.append(plot_learning_curve(cycles, out / "learning_curve.png", title=heading))
     per_cycle: dict[str, list[float]] = {}
     if cycles:
         for row in sorted(cycles, key=lambda r: int(r.get("cycle", 0))):

@@ -12,6 +12,9 @@
 // docs/screenshot-task.png was made this way with --project 1 --task 35 (seed 0; 25 epochs took
 // 14 min on a shared 2-core CPU), then re-saved with Pillow's optimize=True.
 //
+// --shot tab: the Data Manager tab "TSP priority" instead (docs/screenshot-priority-tab.png);
+// --shot settings: the project's Settings -> General page (where the sampling is shown).
+//
 // Without --task it asks the API for the project's predictions and opens the unlabeled task whose
 // prediction has the most regions (ties: the highest region score); without --region (1-based, in
 // the outliner's order) it clicks the task's highest-scored region, so the Info panel shows its meta
@@ -22,7 +25,7 @@ const fs = require("fs");
 const { chromium } = require("playwright-core");
 
 function args() {
-  const out = { url: "http://127.0.0.1:18080", out: "docs/screenshot-task.png", width: 1440, height: 900 };
+  const out = { url: "http://127.0.0.1:18080", out: "docs/screenshot-task.png", width: 1440, height: 900, shot: "task" };
   const a = process.argv.slice(2);
   for (let i = 0; i < a.length; i += 2) out[a[i].replace(/^--/, "")] = a[i + 1];
   if (!out.login) throw new Error("--login: path to the demo's label-studio/login.json is required");
@@ -94,6 +97,20 @@ async function bestRegion(page, task) {
       const list = Array.isArray(body) ? body : body.results;
       const p = list.find((x) => x.title === "TSP demo: intracranial hemorrhage") || list[0];
       project = p.id;
+    }
+    if (o.shot === "tab" || o.shot === "settings") {
+      let target = `${o.url}/projects/${project}/settings`;
+      if (o.shot === "tab") {
+        const views = await api(page, `/api/dm/views/?project=${project}`);
+        const view = views.find((v) => (v.data || {}).title === "TSP priority");
+        if (!view) throw new Error(`project ${project} has no "TSP priority" tab; run tsp-sync reorder`);
+        target = `${o.url}/projects/${project}/data?tab=${view.id}`;
+      }
+      await page.goto(target);
+      await page.waitForTimeout(8000);  // the Data Manager loads columns, then tasks and thumbnails
+      await page.screenshot({ path: o.out });
+      console.log(`wrote ${o.out}`);
+      return;
     }
     const task = o.task || (await pickTask(page, project));
     const index = o.region ? +o.region - 1 : await bestRegion(page, task);

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -181,19 +182,34 @@ class BackendProcess:
 
 
 def add_user(label_studio, email: str, password: str) -> str:
-    """A new user of the server's organization (signup form, as a person would), and their
-    Personal Access Token (login, then POST /api/token/)."""
-    import requests
+    """A new user of the server's organization (signed up through its invite link, as a person
+    would) and their Personal Access Token."""
+    return label_studio.add_user(email, password, label_studio.data_dir / f"pat-{email}")
 
-    s = requests.Session()
-    s.get(label_studio.url + "/user/signup/", timeout=30).raise_for_status()
-    csrf = s.cookies["csrftoken"]
-    r = s.post(label_studio.url + "/user/signup/", data={"email": email, "password": password,
-                                                         "csrfmiddlewaretoken": csrf},
-               headers={"Referer": label_studio.url + "/user/signup/"}, timeout=30, allow_redirects=False)
-    assert r.status_code in (200, 302) and "sessionid" in s.cookies, (r.status_code, r.text[:500])
-    s.headers["X-CSRFToken"] = s.cookies.get("csrftoken", csrf)
-    s.headers["Referer"] = label_studio.url + "/"
-    r = s.post(label_studio.url + "/api/token/", json={}, timeout=30)
-    assert r.status_code in (200, 201), r.text
-    return r.json()["token"]
+
+def tcp_sockets(port: int) -> list[tuple[str, str]]:
+    """(local address hex, state hex) of the IPv4/IPv6 TCP sockets whose local port is ``port``
+    (Linux /proc/net/tcp{,6}: state 0A = LISTEN, 06 = TIME_WAIT)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).is_file():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if int(hex_port, 16) == port:
+                found.append((address, state))
+    return found
+
+
+def leave_time_wait(port: int) -> None:
+    """Open and close one connection on 127.0.0.1:``port`` with the server side closing first, as
+    a stopped web server does: that side's socket (local port ``port``) stays in TIME-WAIT."""
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", port))
+        srv.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = srv.accept()
+            conn.close()
+            client.recv(1)  # sees the server's FIN, then closes its end

@@ -20,7 +20,7 @@ def test_learning_curve_png(tmp_path: Path) -> None:
     out = plot_learning_curve(cycles, tmp_path / "r" / "curve.png")
     assert out.stat().st_size > 1000
     with Image.open(out) as img:
-        assert img.format == "PNG" and img.size == (1000, 400)
+        assert img.format == "PNG" and img.size == (1000, 420)
         arr = np.asarray(img.convert("RGB"))
     assert arr.std() > 5  # something was drawn, not a blank canvas
     assert [p.name for p in (tmp_path / "r").iterdir()] == ["curve.png"]  # no temp file left
@@ -42,3 +42,39 @@ def test_empty_inputs_are_clear(tmp_path: Path) -> None:
         plot_learning_curve([{"cycle": 3}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="no score files"):
         plot_score_histograms({}, tmp_path / "x.png")
+
+
+def _annotations(ax) -> list:
+    return [c for c in ax.get_children() if c.__class__.__name__ == "Annotation"]
+
+
+def test_learning_curve_two_cycles_is_readable() -> None:
+    from tsp_cli.review import curve_title
+    from tsp_model.report import learning_curve_figure
+
+    cycles = [{"cycle": 1, "labeled": 20, "pseudo_images": 3, "map50": 0.31},
+              {"cycle": 2, "labeled": 30, "pseudo_images": 8, "map50": 0.42}]
+    fig = learning_curve_figure(cycles, curve_title("TSP demo", cycles))
+    curve = fig.axes[0]
+    # ticks at the two labeled counts, whole numbers (not 19.00 ... 21.00)
+    assert list(curve.get_xticks()) == [20, 30]
+    assert [t.get_text() for t in curve.get_xticklabels()] == ["20", "30"]
+    assert sorted(a.get_text() for a in _annotations(curve)) == ["cycle 1", "cycle 2"]
+    assert fig._suptitle.get_text() == "TSP demo: 2 cycles, 20 -> 30 labeled images"
+
+
+def test_learning_curve_labels_of_shared_counts_do_not_overprint() -> None:
+    from tsp_model.report import learning_curve_figure
+
+    # three cycles on the same 20 labels: 1 and 3 at the same point, 2 just above
+    cycles = [{"cycle": 1, "labeled": 20, "map50": 0.30}, {"cycle": 2, "labeled": 20, "map50": 0.33},
+              {"cycle": 3, "labeled": 20, "map50": 0.30}]
+    fig = learning_curve_figure(cycles)
+    curve = fig.axes[0]
+    notes = _annotations(curve)
+    assert sorted(a.get_text() for a in notes) == ["cycle 2", "cycles 1, 3"]
+    renderer = fig.canvas.get_renderer()
+    a, b = (n.get_window_extent(renderer) for n in notes)
+    assert not a.overlaps(b)
+    assert list(curve.get_xticks()) == [20]
+    assert fig._suptitle.get_text() == "Active learning: 3 cycles"

@@ -2,13 +2,16 @@
 
 :func:`render_overlay` draws one image: every instance's mask outline (mask XOR its 3x3
 erosion, thickened for large images) in its class color, the text ``"<category>: c b m"``
-(e.g. ``epidural: 0.97 0.91 0.85``) on a dark strip above the box (below it when the box touches
-the top edge), and ``S = <S_i>`` in the top-left corner. Instances without a stored mask get
-their box drawn instead.
+(e.g. ``epidural: 0.97 0.91 0.85``) on a dark strip touching the outline (just above its topmost
+pixel, else below its lowest, right or left of it, whichever fits the image and covers no other
+label), and ``S = <S_i>`` in the top-left corner. Instances without a stored mask get their box
+drawn instead, labeled the same way.
 
-:func:`write_overlay_index` renders the ``top`` hardest (lowest ``S``) and easiest (highest
-``S``) images of a score file and writes ``index.html``, a table of thumbnails to open in a
-browser. Every file is written atomically (temp file + ``os.replace``).
+:func:`write_overlay_index` renders, from a score file, the ``top`` hardest images (lowest ``S``)
+and the ``top`` easiest images that have detections (highest ``S`` among them) into
+``index.html``, and the images without any detection into ``no_detection.html`` (their ``S`` is
+the empty-image rule's, not the model's confidence in a finding): tables of thumbnails to open in
+a browser. Every file is written atomically (temp file + ``os.replace``).
 """
 
 from __future__ import annotations
@@ -96,6 +99,56 @@ def _atomic_save(img: Image.Image, path: Path) -> None:
     atomic_save(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 (inclusive)
+
+
+def _overlaps(a: Rect, b: Rect) -> int:
+    """Overlap area of two rectangles (0 when apart)."""
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    return max(0, w) * max(0, h)
+
+
+def _label_rect(region: np.ndarray | None, box: Sequence[float], size: tuple[int, int], w: int, h: int,
+                taken: Sequence[Rect], gap: int = 2) -> Rect:
+    """Where a ``w`` x ``h`` label of one instance goes: touching its outline.
+
+    Candidates, in order: ``gap`` px above the region's topmost pixel, below its lowest, right of
+    its rightmost, left of its leftmost (``region``: bool [H, W] mask, or None to use ``box``
+    [x1, y1, x2, y2]), each slid along that edge to lie inside the ``size`` = (H, W) image. The
+    first that fits without leaving its edge and covers no ``taken`` rectangle wins, else the one
+    that does least of both.
+    """
+    height, width = size
+    if region is not None and region.any():
+        ys, xs = np.nonzero(region)
+        top, bottom = int(ys.min()), int(ys.max())
+        left, right = int(xs.min()), int(xs.max())
+        top_x = int(np.median(xs[ys == top]))
+        bottom_x = int(np.median(xs[ys == bottom]))
+        left_y = int(np.median(ys[xs == left]))
+        right_y = int(np.median(ys[xs == right]))
+    else:
+        left, top, right, bottom = (int(round(v)) for v in box)
+        right, bottom = max(left, right - 1), max(top, bottom - 1)
+        top_x = bottom_x = (left + right) // 2
+        left_y = right_y = (top + bottom) // 2
+    candidates = [  # (x, y, whether it keeps touching the outline: only the along-edge shift is free)
+        (top_x - w // 2, top - gap - h, top - gap - h >= 0),  # above
+        (bottom_x - w // 2, bottom + gap + 1, bottom + gap + h < height),  # below
+        (right + gap + 1, right_y - h // 2, right + gap + w < width),  # right
+        (left - gap - w, left_y - h // 2, left - gap - w >= 0),  # left
+    ]
+    options = []
+    for order, (x, y, touching) in enumerate(candidates):
+        x = min(max(0, x), max(0, width - w))
+        y = min(max(0, y), max(0, height - h))
+        rect = (x, y, x + w - 1, y + h - 1)
+        cost = sum(_overlaps(rect, t) for t in taken) + (0 if touching else width * height)
+        options.append((cost, order, rect))
+    return min(options)[2]
+
+
 def render_overlay(
     image: np.ndarray,
     record: ImageScore,
@@ -130,11 +183,11 @@ def render_overlay(
         rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
     h, w = rgb.shape[:2]
     t = thickness if thickness is not None else max(1, min(h, w) // 256)
-    boxes_only = []
+    regions: list[np.ndarray | None] = []
     for inst in record.instances:
         color = np.array(class_color(inst.label), dtype=np.uint8)
         if inst.mask is None:
-            boxes_only.append(inst)
+            regions.append(None)
             continue
         size = [int(v) for v in inst.mask["size"]]
         if size != [h0, w0]:
@@ -145,29 +198,28 @@ def render_overlay(
         if scale > 1:
             m = np.repeat(np.repeat(m, scale, axis=0), scale, axis=1)
         rgb[outline(m, t)] = color
+        regions.append(m)
 
     pil = Image.fromarray(rgb)
     draw = ImageDraw.Draw(pil)
     font = _font(h)
-    for inst in boxes_only:
-        x1, y1, x2, y2 = (v * scale for v in inst.box)
-        draw.rectangle([x1, y1, x2 - 1, y2 - 1], outline=class_color(inst.label), width=t)
-    for inst in record.instances:
+    s_text = f"S = {record.S:.3f}"
+    s_left, s_top, s_right, s_bottom = draw.textbbox((0, 0), s_text, font=font)
+    taken: list[Rect] = [(0, 0, s_right - s_left + 4, s_bottom - s_top + 4)]
+    for inst, region in zip(record.instances, regions, strict=True):
+        box = [v * scale for v in inst.box]
+        if region is None:
+            draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=class_color(inst.label), width=t)
         name = class_names[inst.label - 1] if class_names and 0 < inst.label <= len(class_names) else inst.category
         text = _label_text(name, inst.c, inst.b, inst.m)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left, bottom - top
-        x1, y1, _, y2 = (v * scale for v in inst.box)
-        x = int(min(max(0, x1), max(0, w - tw - 2)))
-        y = int(y1) - th - 4
-        if y < 0:  # no room above the box: write below it
-            y = min(int(y2) + 2, h - th - 4)
-        draw.rectangle([x, y, x + tw + 2, y + th + 3], fill=(0, 0, 0))
-        draw.text((x + 1 - left, y + 1 - top), text, fill=class_color(inst.label), font=font)
-    s_text = f"S = {record.S:.3f}"
-    left, top, right, bottom = draw.textbbox((0, 0), s_text, font=font)
-    draw.rectangle([0, 0, right - left + 4, bottom - top + 4], fill=(0, 0, 0))
-    draw.text((2 - left, 2 - top), s_text, fill=(255, 255, 255), font=font)
+        tw, th = right - left + 3, bottom - top + 4
+        x0, y0, x1, y1 = _label_rect(region, box, (h, w), tw, th, taken)
+        taken.append((x0, y0, x1, y1))
+        draw.rectangle([x0, y0, x1, y1], fill=(0, 0, 0))
+        draw.text((x0 + 1 - left, y0 + 1 - top), text, fill=class_color(inst.label), font=font)
+    draw.rectangle(list(taken[0]), fill=(0, 0, 0))
+    draw.text((2 - s_left, 2 - s_top), s_text, fill=(255, 255, 255), font=font)
     if out_path is not None:
         _atomic_save(pil, Path(out_path))
     return np.asarray(pil)
@@ -209,6 +261,46 @@ def _section(title: str, rows: list[tuple[int, ImageScore, str]]) -> str:
     return "\n".join(lines)
 
 
+def _render_rows(kind: str, ordered: Sequence[ImageScore], out: Path, load_image: Callable[[ImageScore], np.ndarray],
+                 top: int, class_names: Sequence[str] | None, missing: list[str]) -> list[tuple[int, ImageScore, str]]:
+    """Render the first ``top`` records of ``ordered`` that have an image as ``<kind>_<rank>_<stem>.png``."""
+    rows: list[tuple[int, ImageScore, str]] = []
+    for rec in ordered:
+        if len(rows) >= top:
+            break
+        try:
+            image = load_image(rec)
+        except (OSError, KeyError) as exc:
+            logger.warning("overlay: no image for %s (%s); skipped", rec.file_name, exc)
+            missing.append(rec.file_name)
+            continue
+        rank = len(rows) + 1
+        png = f"{kind}_{rank:03d}_{_safe_stem(rec)}.png"
+        # small slices are upscaled (up to 4x, towards 512 px) so the labels stay legible
+        scale = min(4, max(1, 512 // max(1, max(image.shape[:2]))))
+        render_overlay(image, rec, out / png, class_names=class_names, scale=scale)
+        rows.append((rank, rec, png))
+    return rows
+
+
+def _page(title: str, intro: str, body: str, missing: Sequence[str]) -> str:
+    tail = ""
+    if missing:
+        items = "".join(f"<li>{html.escape(m)}</li>" for m in sorted(set(missing)))
+        tail = f"<h2>Images not found</h2><ul>{items}</ul>"
+    return (
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif;background:#111;color:#eee}"
+        "table{border-collapse:collapse}td,th{border:1px solid #444;padding:4px;vertical-align:top}"
+        "a{color:#8cf}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{intro}</p>" + body + tail + "</body></html>\n"
+    )
+
+
+NO_DETECTION_PAGE = "no_detection.html"
+
+
 def write_overlay_index(
     records: Sequence[ImageScore],
     out_dir: str | Path,
@@ -217,54 +309,45 @@ def write_overlay_index(
     class_names: Sequence[str] | None = None,
     title: str = "TSP scores",
 ) -> Path:
-    """Render the ``top`` hardest (lowest ``S`` first) and easiest (highest ``S`` first) images
-    into ``out_dir`` and write ``out_dir/index.html``; returns the index path.
+    """Render overlays into ``out_dir`` and write two pages; returns the ``index.html`` path.
+
+    ``index.html``: the ``top`` hardest images (lowest ``S`` first: what the queue serves), then
+    the ``top`` easiest images *with detections* (highest ``S`` first: what the model is most sure
+    it found). ``no_detection.html``: up to ``top`` images without any detection, with their
+    count; their ``S`` comes from the empty-image rule, so they are kept apart from "easiest".
 
     Images that ``load_image`` cannot provide (it raises ``OSError``/``KeyError``) are skipped
     (the next one in order takes the rank), listed at the end of the page, and logged.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    groups = {
-        "hardest": sorted(records, key=lambda r: (r.S, str(r.image_id))),
-        "easiest": sorted(records, key=lambda r: (-r.S, str(r.image_id))),
-    }
-    sections, missing = [], []
-    for kind, ordered in groups.items():
-        rows: list[tuple[int, ImageScore, str]] = []
-        for rec in ordered:
-            if len(rows) >= top:
-                break
-            try:
-                image = load_image(rec)
-            except (OSError, KeyError) as exc:
-                logger.warning("overlay: no image for %s (%s); skipped", rec.file_name, exc)
-                missing.append(rec.file_name)
-                continue
-            rank = len(rows) + 1
-            png = f"{kind}_{rank:03d}_{_safe_stem(rec)}.png"
-            # small slices are upscaled (up to 4x, towards 512 px) so the labels stay legible
-            scale = min(4, max(1, 512 // max(1, max(image.shape[:2]))))
-            render_overlay(image, rec, out / png, class_names=class_names, scale=scale)
-            rows.append((rank, rec, png))
-        label = "Hardest (lowest S: most informative)" if kind == "hardest" else "Easiest (highest S)"
-        sections.append(_section(f"{label}, top {top}", rows))
+    detected = [r for r in records if r.instances]
+    empty = sorted((r for r in records if not r.instances), key=lambda r: str(r.image_id))
+    missing: list[str] = []
+    hardest = _render_rows("hardest", sorted(records, key=lambda r: (r.S, str(r.image_id))), out, load_image, top,
+                           class_names, missing)
+    easiest = _render_rows("easiest", sorted(detected, key=lambda r: (-r.S, str(r.image_id))), out, load_image, top,
+                           class_names, missing)
+    missing_empty: list[str] = []
+    nothing = _render_rows("nodetection", empty, out, load_image, top, class_names, missing_empty)
+
     versions = sorted({r.model_version for r in records if r.model_version})
-    head = (
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;background:#111;color:#eee}"
-        "table{border-collapse:collapse}td,th{border:1px solid #444;padding:4px;vertical-align:top}"
-        "a{color:#8cf}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>"
-        f"<p>{len(records)} scored images; model version {html.escape(', '.join(versions) or '?')}. "
+    intro = (
+        f"{len(records)} scored images; model version {html.escape(', '.join(versions) or '?')}. "
         "Each instance reads <code>label: c b m</code> (class, box IoU and mask IoU scores); "
-        "S is the image score (eq. 3).</p>"
+        "S is the image score (eq. 3)."
     )
-    tail = ""
-    if missing:
-        items = "".join(f"<li>{html.escape(m)}</li>" for m in sorted(set(missing)))
-        tail = f"<h2>Images not found</h2><ul>{items}</ul>"
+    link = (f'<p><a href="{NO_DETECTION_PAGE}">{len(empty)} images with no detection</a> '
+            f"(their S is the empty-image rule's, so they are listed apart).</p>")
+    body = "\n".join([
+        _section(f"Hardest (lowest S: most informative, labeled first), top {top}", hardest),
+        _section(f"Easiest with detections (highest S: the model is most sure of what it found), top {top}", easiest),
+        link,
+    ])
+    _atomic_text(out / NO_DETECTION_PAGE, _page(
+        f"{title}: no detection", f'{len(empty)} of {len(records)} scored images have no detection; the first '
+        f'{len(nothing)} are shown. <a href="index.html">Back to the hardest and easiest.</a>',
+        _section("No detection", nothing), missing_empty))
     index = out / "index.html"
-    _atomic_text(index, head + "\n".join(sections) + tail + "</body></html>\n")
+    _atomic_text(index, _page(title, intro, body, missing))
     return index
