@@ -303,12 +303,9 @@ class Backend:
         raise SyncError(f"tsp-backend did not answer /health within {timeout:.0f} s; see {self.log_path}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        from tsp_cli.local_server import stop_process_group
+
+        stop_process_group(self.proc)
         self.proc = None
 
 

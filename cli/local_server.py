@@ -47,7 +47,8 @@ from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelStudioStartError", "LocalLabelStudio", "default_ls_bin", "free_port", "port_free"]
+__all__ = [
+    "stop_process_group","LabelStudioStartError", "LocalLabelStudio", "default_ls_bin", "free_port", "port_free"]
 
 PAT_FILE = "tsp-pat"
 VERIFY_PAT_FILE = "tsp-verify-pat"
@@ -97,6 +98,21 @@ def _write_secret(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         os.chmod(tmp, 0o600)
         tmp.write_text(text)
+
+
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    """SIGTERM to the process group of ``proc`` (started with ``start_new_session=True``), SIGKILL
+    after ``timeout`` seconds; nothing when it is gone already."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:
+        pass
 
 
 class LocalLabelStudio:
@@ -211,15 +227,7 @@ class LocalLabelStudio:
 
     def stop(self, timeout: float = 20.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
+        stop_process_group(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -167,16 +167,9 @@ class BackendProcess:
         return [int(p) for p in children]
 
     def stop(self) -> None:
-        import signal
-        import subprocess
+        from tsp_cli.local_server import stop_process_group
 
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc)
         if getattr(self, "_log", None) is not None:
             self._log.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,3 +115,20 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()
+
+
+def run_entry_point(run: Callable[[], Any], errors: tuple[type[BaseException], ...]) -> int:
+    """The body of a torchrun entry point: ``run()``; rank 0 prints its result; every rank tears
+    the process group down. An error in ``errors`` is one line on stderr and exit status 1."""
+    import sys
+
+    try:
+        result = run()
+    except errors as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        cleanup()
+        return 1
+    if is_main_process():
+        print(result)
+    cleanup()
+    return 0

@@ -89,18 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     embeddings = {"auto": None, "on": True, "off": False}[args.embeddings]
-    try:
-        config = load_config(args.config) if args.config else None
-        path = score_files(args.checkpoint, args.pool, args.images, args.out, config=config,
-                           embeddings=embeddings, mc_passes=args.mc_passes, progress=not args.no_progress)
-    except (CheckpointError, ConfigError, RecordError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        du.cleanup()
-        return 1
-    if du.is_main_process():
-        print(path)
-    du.cleanup()
-    return 0
+    return du.run_entry_point(
+        lambda: score_files(args.checkpoint, args.pool, args.images, args.out,
+                            config=load_config(args.config) if args.config else None, embeddings=embeddings,
+                            mc_passes=args.mc_passes, progress=not args.no_progress),
+        (CheckpointError, ConfigError, RecordError, ValueError, FileNotFoundError),
+    )
 
 
 if __name__ == "__main__":

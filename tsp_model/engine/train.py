@@ -459,19 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        path = train_from_files(
+    return du.run_entry_point(
+        lambda: train_from_files(
             config_path=args.config, labeled=args.labeled, images=args.images, out=args.out,
             pseudo=args.pseudo, pseudo_images=args.pseudo_images, init=args.init, resume=args.resume,
-        )
-    except (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        du.cleanup()
-        return 1
-    if du.is_main_process():
-        print(path)
-    du.cleanup()
-    return 0
+        ),
+        (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError),
+    )
 
 
 if __name__ == "__main__":
