@@ -442,10 +442,12 @@ def run_simulation(
     saved = out_dir / "settings.json"
     if saved.is_file() and (out_dir / "ledger.jsonl").is_file():
         before = json.loads(saved.read_text())
-        same = {k: v for k, v in before.items() if k not in ("keep_checkpoints", "threads", "device")} == \
-               {k: v for k, v in settings_doc.items() if k not in ("keep_checkpoints", "threads", "device")}
+        # finished models are keyed by seed/arm/cycle: another arm or seed list resumes the same run
+        free = ("keep_checkpoints", "threads", "device", "arms", "seeds")
+        same = {k: v for k, v in before.items() if k not in free} == \
+               {k: v for k, v in settings_doc.items() if k not in free}
         if not same:
-            changed = sorted(k for k in settings_doc if before.get(k) != settings_doc[k])
+            changed = sorted(k for k in settings_doc if k not in free and before.get(k) != settings_doc[k])
             raise SimulationError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); pass --restart "
                                   "to start over there, or another --out")
     atomic_write_text(saved, json.dumps(settings_doc, indent=1) + "\n")
