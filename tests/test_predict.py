@@ -69,11 +69,14 @@ def test_only_scored_instances_enter_eq3_and_every_detection_is_kept():
     a, b = predict_images(_Fixed(), images, CLASS_NAMES, ActiveConfig(score_threshold=0.85), amp=False)
     assert a.S == pytest.approx(math.exp(-math.sqrt(0.06)) * 0.6)
     assert len(a.instances) == 2
-    # no detection at all: the "max_c" rule gives 1 - 0 = 1.0 (certain: nothing was even suspected)
+    # no detection at all: the default "constant" rule gives empty_image_score = 1.0
     assert b.S == 1.0
-    # threshold 0.95: nothing scored; the best candidate had c = 0.9, so S = 1 - 0.9
+    # threshold 0.95: nothing scored. "constant": 1.0; "max_c": the best candidate had c = 0.9, so 1 - 0.9
     a, _ = predict_images(_Fixed(), images, CLASS_NAMES, ActiveConfig(score_threshold=0.95), amp=False)
-    assert a.S == pytest.approx(0.1)
+    assert a.S == 1.0
+    a, b = predict_images(_Fixed(), images, CLASS_NAMES, ActiveConfig(score_threshold=0.95, empty_image_rule="max_c"),
+                          amp=False)
+    assert a.S == pytest.approx(0.1) and b.S == 1.0  # max_c without any detection: 1 - 0
 
 
 def test_paste_mask_rle_matches_torchvisions_full_size_paste():
@@ -144,8 +147,7 @@ def test_score_pool_writes_one_record_per_readable_image(tmp_path, caplog):
         assert r.model_version == "m1" and (r.width, r.height) == (64, 64)
         scored = [i for i in r.instances if i.c >= cfg.active.score_threshold]
         s = np.array([i.s for i in scored])
-        c_max = max((i.c for i in r.instances), default=0.0)
-        expected = math.exp(-s.std()) * s.mean() if len(s) else 1.0 - c_max  # the "max_c" rule
+        expected = math.exp(-s.std()) * s.mean() if len(s) else 1.0  # the "constant" rule, empty_image_score 1.0
         assert r.S == pytest.approx(expected)
         for inst in r.instances:
             cbm = np.array([inst.c, inst.b, inst.m])

@@ -126,6 +126,8 @@ def test_rescore_recomputes_S_from_the_stored_detections_without_inference():
     out, changed = rescore(recs, ActiveConfig(score_threshold=0.5))
     # image 1: only the c = 0.9 instance is scored -> S = its s (c = b = m = 0.9 -> s = 0.9)
     assert out[0].S == pytest.approx(0.9) and out[1].S == 1.0 and changed == 1
-    out, changed = rescore(out, ActiveConfig(score_threshold=0.95))  # nothing scored: 1 - 0.9
+    out, changed = rescore(out, ActiveConfig(score_threshold=0.95, empty_image_rule="max_c"))  # nothing scored: 1 - 0.9
     assert out[0].S == pytest.approx(0.1) and changed == 1
+    out, changed = rescore(out, ActiveConfig(score_threshold=0.95))  # the default rule: the constant 1.0
+    assert out[0].S == 1.0 and changed == 1
     assert recs[0].S == 0.0  # the input records are not modified
