@@ -96,13 +96,19 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path):
 def test_mixed_sampler_puts_both_sets_in_every_batch():
     s = MixedBatchSampler(3, 9, batch_size=4, pseudo_fraction=0.5, num_replicas=2, rank=0, seed=0)
     other = MixedBatchSampler(3, 9, batch_size=4, pseudo_fraction=0.5, num_replicas=2, rank=1, seed=0)
-    assert len(s) == 8 == len(other)  # ceil(12 / (4 * 2)) = 2 batches per rank
+    # an epoch is one pass over the 3 labeled images, 2 labeled slots per batch of 4 on each of
+    # 2 ranks: ceil(3 / (0.5 * 4 * 2)) = 1 batch per rank
+    assert len(s) == 4 == len(other)
     for sampler in (s, other):
-        idx = list(sampler)
-        for b in range(2):
-            batch = idx[4 * b : 4 * b + 4]
-            assert sum(i >= 3 for i in batch) == 2, batch  # half pseudo (indices 3..11)
+        batch = list(sampler)
+        assert sum(i >= 3 for i in batch) == 2, batch  # half pseudo (indices 3..11)
+    assert {i for i in list(s) + list(other) if i < 3} == {0, 1, 2}  # every labeled image
     assert list(s) == list(s)  # deterministic per epoch
+    # few labeled, many pseudo (6 and 242, batch 2, half pseudo): 6 batches, each labeled image
+    # once, 6 of the 242 pseudo images; not ceil(248 / 2) = 124 batches
+    few = list(MixedBatchSampler(6, 242, batch_size=2, pseudo_fraction=0.5))
+    assert len(few) == 12 and sorted(i for i in few if i < 6) == [0, 1, 2, 3, 4, 5]
+    assert all(sum(i >= 6 for i in few[2 * b : 2 * b + 2]) == 1 for b in range(6))
     # proportional: 3 labeled of 12 -> 1 of 4 slots per batch
     prop = MixedBatchSampler(3, 9, batch_size=4, num_replicas=1, rank=0)
     idx = list(prop)

@@ -74,8 +74,12 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
 class MixedBatchSampler(Sampler[int]):
     """Indices of ``ConcatDataset([labeled, pseudo])`` so that every batch mixes both sets.
 
-    Per epoch: ``ceil((L + P) / (batch * world))`` batches per rank. Of all slots a fraction
-    ``pseudo_fraction`` (None: ``P / (L + P)``) goes to pseudo-labeled images, spread evenly over
+    Without ``pseudo_fraction`` an epoch is one pass over both sets: ``ceil((L + P) / (batch *
+    world))`` batches per rank, ``P / (L + P)`` of the slots pseudo-labeled. With it, a fraction
+    ``pseudo_fraction`` of the slots is pseudo-labeled and an epoch is one pass over the labeled
+    images, ``ceil(L / ((1 - pseudo_fraction) * batch * world))`` batches per rank, so the
+    schedule does not grow with the number of images that pass the pseudo-label thresholds (a
+    few labeled images and hundreds of pseudo-labeled ones). Pseudo slots are spread evenly over
     the batches, so eq. 5's two terms meet in each batch. Each set is drawn as a fresh permutation
     (repeated if the set is smaller than its share). Global batch j goes to rank ``j % world``:
     the sampler is rank-aware and deterministic given ``seed`` and the epoch (call
@@ -100,7 +104,11 @@ class MixedBatchSampler(Sampler[int]):
         self.batch_size = batch_size
         self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
         self.epoch = 0
-        self.batches_per_rank = math.ceil((num_labeled + num_pseudo) / (batch_size * num_replicas))
+        if num_pseudo and pseudo_fraction is not None:
+            labeled_slots = (1.0 - pseudo_fraction) * batch_size * num_replicas
+            self.batches_per_rank = math.ceil(num_labeled / labeled_slots)
+        else:
+            self.batches_per_rank = math.ceil((num_labeled + num_pseudo) / (batch_size * num_replicas))
         total = self.batches_per_rank * batch_size * num_replicas
         if num_pseudo == 0:
             n_pseudo = 0

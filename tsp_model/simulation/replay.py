@@ -130,6 +130,10 @@ class SimulationSettings:
     show_threshold: float | None = None
     cluster_source: str = "embedding"
     keep_checkpoints: bool = False
+    # +pseudo arms: this share of every batch is pseudo-labeled and an epoch is one pass over the
+    # labeled images (train.pseudo_fraction), so a +pseudo model sees the labeled images as often
+    # as its arm without pseudo labels; a --config TOML's train.pseudo_fraction wins
+    pseudo_fraction: float | None = 0.5
 
     def config(self, seed: int, base: TSPConfig | None = None, model_overrides: dict[str, Any] | None = None) -> TSPConfig:
         """The TSPConfig of one model: ``base`` (or the defaults) with this replay's settings."""
@@ -142,6 +146,8 @@ class SimulationSettings:
         t.batch_size, t.lr, t.warmup_iters, t.amp = self.batch_size, self.lr, self.warmup_iters, self.amp
         t.lr_steps, t.lr_steps_unit = [0.9, 0.98], "fraction"  # the paper's 45/50 and 49/50
         t.workers, t.device, t.seed, t.log_every = self.workers, self.device, seed, 50
+        if t.pseudo_fraction is None:
+            t.pseudo_fraction = self.pseudo_fraction
         a.budget = self.budget
         if self.score_threshold is not None:
             a.score_threshold = self.score_threshold
@@ -630,7 +636,10 @@ def run_simulation(
             "cycle1": "b images chosen without a model (random with seed + 1, or TypiClust for +typiclust arms), "
                       "trained once per seed and shared by the arms that start the same way",
             "init": "every cycle trains from scratch with train.seed = seed" + (f", starting from {s.init}" if s.init else ""),
-            "schedule": f"epochs = max({s.min_epochs}, ceil({s.image_steps} / labeled)); lr x0.1 at 90% and 98%",
+            "schedule": f"epochs = max({s.min_epochs}, ceil({s.image_steps} / labeled)); lr x0.1 at 90% and 98%"
+                        + ("" if base.train.pseudo_fraction is None else
+                           f"; +pseudo arms: {base.train.pseudo_fraction:g} of every batch pseudo-labeled, an epoch "
+                           "one pass over the labeled images"),
             "pseudo_thresholds": {"sigma_c": base.active.sigma_c, "sigma_b": base.active.sigma_b,
                                   "sigma_m": base.active.sigma_m},
             "pseudo_precision": "greedy one-to-one: same class and mask IoU >= 0.5 with an oracle instance",
