@@ -45,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from tsp_model.atomic import atomic_write_text
-from tsp_model.config import TSPConfig
+from tsp_model.config import ActiveConfig, TSPConfig
 from tsp_model.cycle import run_cycle
 from tsp_model.data.coco import CocoInstanceDataset
 from tsp_model.engine import distributed as du
@@ -687,7 +687,8 @@ def _preannotation_entry(ledger: Ledger, key: str, first: str, last: str, data: 
                          chosen: dict[str, Any], device: torch.device, s: SimulationSettings) -> dict[str, Any]:
     entry = ledger.get(key)
     if entry is None:
-        thresholds = sorted({0.05, float(chosen["show_threshold"])})
+        # before (every detection), after (the threshold chosen here) and the product's default
+        thresholds = sorted({0.05, float(chosen["show_threshold"]), ActiveConfig().show_threshold})
         test = data.tests["test"]
         entry = ledger.add(key, kind="measurement", cycle1=preannotation_cost(Path(first), test, thresholds, device, s.amp),
                            last=preannotation_cost(Path(last), test, thresholds, device, s.amp),
