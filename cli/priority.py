@@ -23,6 +23,7 @@ predicted loss (``learning_loss``: a checkpoint trained with ``model.learning_lo
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -181,7 +182,7 @@ def queue_clusters(records: Iterable[ImageScore], labeled: Iterable[ImageScore],
         return {}
     ids: list[int] = []
     vectors: list[np.ndarray] = []
-    for rec in _chain(records, labeled):
+    for rec in itertools.chain(records, labeled):
         ids.append(int(rec.image_id))
         if "embedding" in rec.extras:
             vectors.append(decode_embedding(rec.extras["embedding"], name=f"task {rec.image_id}"))
@@ -202,11 +203,6 @@ def queue_clusters(records: Iterable[ImageScore], labeled: Iterable[ImageScore],
                           "embedding; run tsp-sync score again")
     labels = embedding_clusters(np.stack(vectors), cluster_count(len(ids), cfg.active.budget), seed=cfg.train.seed)
     return {i: int(c) for i, c in zip(ids, labels)}
-
-
-def _chain(*parts: Iterable[ImageScore]) -> Iterator[ImageScore]:
-    for part in parts:
-        yield from part
 
 
 def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, gpus: int = 1,

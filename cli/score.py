@@ -288,10 +288,15 @@ def score(
     version = queue.queue_version
     current = CurrentPredictions.read(client, project.id, version)
     skipped = 0
+    top = heapq.nsmallest(10, ((sc, tid) for tid, sc in queue.priority.items()))
+    wanted = {tid for _, tid in top}
+    S: dict[int, float] = {}  # the top tasks' S_i, picked up as the push streams the score file
 
     def needed(rec: Any) -> bool:  # decided before the record's regions are built
         nonlocal skipped
         tid = int(rec.image_id)
+        if tid in wanted:
+            S[tid] = float(rec.S)
         if current.claim(tid, queue.priority[tid]):
             return True
         skipped += 1
@@ -306,9 +311,6 @@ def score(
         current=current, clusters=queue.clusters, batch_size=settings.push_batch, total=to_push, progress=progress,
     )
     pushed["already"] += skipped
-    top = heapq.nsmallest(10, ((sc, tid) for tid, sc in queue.priority.items()))
-    wanted = {tid for _, tid in top}
-    S = {int(r.image_id): float(r.S) for r in queue.records if int(r.image_id) in wanted}
     summary = {
         "snapshot": snap.number,
         "model_version": version,  # what Label Studio holds: "<checkpoint version>[+<strategy>]"

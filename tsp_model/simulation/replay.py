@@ -450,10 +450,9 @@ def run_simulation(
         before = json.loads(saved.read_text())
         # finished models are keyed by seed/arm/cycle: another arm or seed list resumes the same run
         free = ("keep_checkpoints", "threads", "device", "arms", "seeds")
-        same = {k: v for k, v in before.items() if k not in free} == \
-               {k: v for k, v in settings_doc.items() if k not in free}
-        if not same:
-            changed = sorted(k for k in settings_doc if k not in free and before.get(k) != settings_doc[k])
+        changed = sorted(k for k in before.keys() | settings_doc.keys()
+                         if k not in free and before.get(k) != settings_doc.get(k))
+        if changed:
             raise SimulationError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); pass --restart "
                                   "to start over there, or another --out")
     atomic_write_text(saved, json.dumps(settings_doc, indent=1) + "\n")
