@@ -24,7 +24,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tsp_cli.local_server import free_port
 from tsp_model.atomic import atomic_save, atomic_write_text
 
 CLASS_NAMES = ["epidural", "subdural", "intraparenchymal"]
@@ -73,12 +73,6 @@ def slice_png(path: Path, size: int) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _load() -> dict:
     one, five, fifteen = os.getloadavg()
     return {"load_1m": one, "load_5m": five, "load_15m": fifteen,
@@ -103,7 +97,7 @@ def run(clients: int, requests_per_client: int, size: int, regions: int, exe: Pa
     model_dir.mkdir()
     write_checkpoint(model_dir, size, regions)
     image = slice_png(work / "slice.png", size)
-    port = _free_port()
+    port = free_port()
     args = [str(exe), "--port", str(port), "--model-dir", str(model_dir)]  # default workers and threads
     knows_allow_list = "--allow-dir" in subprocess.run([str(exe), "--help"], capture_output=True, text=True).stdout
     if knows_allow_list:

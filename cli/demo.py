@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from tsp_cli.client import SyncError, call, get_json
-from tsp_cli.local_server import port_free
+from tsp_cli.local_server import port_free, write_secret
 
 DEMO_TITLE = "TSP demo: intracranial hemorrhage"
 DEMO_USER = "demo@tsp.local"
@@ -137,9 +137,7 @@ def _login(root: Path) -> tuple[str, str]:
         return data["username"], data["password"]
     path.parent.mkdir(parents=True, exist_ok=True)
     password = _secrets.token_urlsafe(12)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"username": DEMO_USER, "password": password}, fh)
+    write_secret(path, json.dumps({"username": DEMO_USER, "password": password}))
     return DEMO_USER, password
 
 

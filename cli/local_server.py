@@ -48,7 +48,7 @@ from types import TracebackType
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "stop_process_group","LabelStudioStartError", "LocalLabelStudio", "default_ls_bin", "free_port", "port_free"]
+    "stop_process_group","LabelStudioStartError", "LocalLabelStudio", "default_ls_bin", "free_port", "port_free", "write_secret"]
 
 PAT_FILE = "tsp-pat"
 VERIFY_PAT_FILE = "tsp-verify-pat"
@@ -91,7 +91,7 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def _write_secret(path: Path, text: str) -> None:
+def write_secret(path: Path, text: str) -> None:
     """``text`` into ``path`` with mode 0600, atomically (the file is never readable by others)."""
     from tsp_model.atomic import atomic_path
 
@@ -198,7 +198,7 @@ class LocalLabelStudio:
         data folder's ``.env``; an existing ``.env`` is Label Studio's and is left alone."""
         env_file = self.data_dir / ".env"
         if not env_file.exists():
-            _write_secret(env_file, f"SECRET_KEY={secrets.token_urlsafe(48)}\n")
+            write_secret(env_file, f"SECRET_KEY={secrets.token_urlsafe(48)}\n")
 
     def _wait_healthy(self) -> None:
         import requests
@@ -292,7 +292,7 @@ class LocalLabelStudio:
         if r.status_code not in (200, 201) or "token" not in r.json():
             raise LabelStudioStartError(f"POST {self.url}/api/token/ answered HTTP {r.status_code}; cannot get a token")
         token = r.json()["token"]
-        _write_secret(path, token + "\n")
+        write_secret(path, token + "\n")
         return token
 
     def _obtain_token(self) -> str:
