@@ -52,11 +52,14 @@ SHARED_DATA = Path("/work/shared/data")
 NUCLEI_TEST_IMAGES = ("A9/A9_p9d", "f9620/20P1_POS0011_D_1UL", "f96_17/17P1_POS0014_D_1UL")
 
 ARMS = {
-    # issue #14 / #15 / #19: the default arms, the diverse arms and the cold-start arm
-    "default": ["random", "class_entropy", "tsp", "tsp+pseudo", "tsp_instance", "tsp_diverse",
-                "tsp_diverse+pseudo", "tsp_diverse+pseudo+typiclust", "full"],
+    # issue #23: the queue Label Studio serves (tsp_diverse), plain TSP, the baselines, pseudo labels
+    # and their control (+pseudo0: the same batches with beta = 0), the ceiling
+    "default": ["random", "class_entropy", "tsp", "tsp_diverse", "tsp+pseudo", "tsp+pseudo0",
+                "tsp_diverse+pseudo", "full"],
     "warm": ["random", "class_entropy", "tsp", "tsp+pseudo", "tsp_diverse", "tsp_diverse+pseudo", "full"],
 }
+# issue #23: BatchNorm or GroupNorm from scratch, and the mask threshold of m and of every mask
+MODEL_CANDIDATES = [{"norm": n, "mask_threshold": t} for t in (0.3, 0.5) for n in ("batch", "group")]
 
 # data: per data set and size; settings: SimulationSettings fields
 SIZES: dict[str, dict[str, Any]] = {
@@ -73,7 +76,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "nuclei": dict(tile=64, budget=3),  # 3 tiles: M_1 ~0.73 mask AP50 vs ~0.94 with all 435
         # 1 torch thread: on 2 shared cores two OpenMP threads ran a training step 10x slower
         "settings": dict(cycles=3, seeds=[0, 1, 2], image_steps=1000, min_epochs=6, batch_size=2,
-                         lr=0.02, warmup_iters=50, threads=1,
+                         lr=0.02, warmup_iters=50, threads=1, model_candidates=MODEL_CANDIDATES,
                          tune_candidates=[[0.3, "max_c"], [0.5, "max_c"], [0.7, "max_c"], [0.5, "constant"]]),
     },
     "gpu": {
@@ -255,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", type=Path, help="result folder (default benchmarks/results/label_efficiency_<dataset>_<size>_<regime>)")
     p.add_argument("--restart", action="store_true", help="discard finished models of an earlier run in --out's work folder")
+    p.add_argument("--design-only", action="store_true",
+                   help="choose the design on the validation split (all --seeds) and stop; later runs in the same "
+                        "folder, e.g. one process per seed, reuse it")
+    p.add_argument("--design-from", type=Path, help="reuse another run's design (its folder or simulation.json)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
@@ -266,20 +273,23 @@ def main(argv: list[str] | None = None) -> int:
         overrides["seeds"] = [int(v) for v in args.seeds.split(",")]
     name = f"label_efficiency_{args.dataset}_{args.size}_{args.regime}"
     results = args.out or RESULTS / name
+    if args.design_from:
+        overrides["design_from"] = str(args.design_from)
     if args.regime == "warm":
         overrides["init"] = str(source_checkpoint(args.dataset, args.size, CACHE, args.device, args.threads))
         scratch = RESULTS / f"label_efficiency_{args.dataset}_{args.size}_scratch" / "simulation.json"
-        if scratch.is_file():  # the validation choices of the scratch run hold for the warm one
-            chosen = json.loads(scratch.read_text())["chosen"]
-            overrides.update(tune=False, score_threshold=chosen["score_threshold"],
-                             empty_image_rule=chosen["empty_image_rule"], show_threshold=chosen["show_threshold"],
-                             cluster_source=chosen["cluster_source"])
+        if scratch.is_file() and not args.design_from:  # the scratch run's validation choices hold here
+            overrides["design_from"] = str(scratch)
     settings = settings_for(args.dataset, args.size, args.regime, **overrides)
     pool, test, extra = _data(args.dataset, args.size, CACHE)
     data, _ = load_simulation_data(pool, None, settings, test_coco=test, extra_tests=extra)
     data.description["name"] = args.dataset
     doc = run_simulation(data, settings, CACHE / "runs" / name, title=f"{args.dataset} ({args.size})",
-                         regime=args.regime, progress=not args.quiet, restart=args.restart)
+                         regime=args.regime, progress=not args.quiet, restart=args.restart,
+                         design_only=args.design_only)
+    if args.design_only:
+        print(f"design: {json.dumps(doc['chosen'])} ({CACHE / 'runs' / name / 'design.json'})")
+        return 0
     results.mkdir(parents=True, exist_ok=True)
     for ext in ("json", "png", "txt"):
         (results / f"simulation.{ext}").write_bytes((CACHE / "runs" / name / f"simulation.{ext}").read_bytes())

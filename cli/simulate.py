@@ -57,6 +57,8 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--tune/--no-tune", default=True, show_default=True,
               help="Choose the scoring threshold, empty-image rule and display threshold on the validation split.")
 @click.option("--score-thresholds", help="Candidates of active.score_threshold (default 0.3,0.5,0.7).")
+@click.option("--design-from", type=click.Path(path_type=Path),
+              help="Reuse another run's design (its --out folder or simulation.json) instead of tuning.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="A TSPConfig TOML for everything else (pseudo-label thresholds...).")
 @click.option("--device", default="auto", show_default=True)
@@ -67,20 +69,20 @@ def simulate_command(obj: object, coco: Path, images: Path | None, test_coco: Pa
                      out_dir: Path, arms: str, seeds: str, budget: int, cycles: int, backbone: str, image_size: int,
                      init: Path | None, image_steps: int, min_epochs: int, batch_size: int, lr: float,
                      validation: float, test_fraction: float, group_key: str, tune: bool,
-                     score_thresholds: str | None, config_path: Path | None, device: str, threads: int | None,
-                     restart: bool) -> None:
+                     score_thresholds: str | None, design_from: Path | None, config_path: Path | None, device: str,
+                     threads: int | None, restart: bool) -> None:
     from tsp_cli.main import handle_errors
 
     handle_errors(_run)(obj, coco, images, test_coco, test_images, out_dir, arms, seeds, budget, cycles, backbone,
                         image_size, init, image_steps, min_epochs, batch_size, lr, validation, test_fraction,
-                        group_key, tune, score_thresholds, config_path, device, threads, restart)
+                        group_key, tune, score_thresholds, design_from, config_path, device, threads, restart)
 
 
 def _run(obj: object, coco: Path, images: Path | None, test_coco: Path | None, test_images: Path | None,
          out_dir: Path, arms: str, seeds: str, budget: int, cycles: int, backbone: str, image_size: int,
          init: Path | None, image_steps: int, min_epochs: int, batch_size: int, lr: float, validation: float,
-         test_fraction: float, group_key: str, tune: bool, score_thresholds: str | None, config_path: Path | None,
-         device: str, threads: int | None, restart: bool) -> None:
+         test_fraction: float, group_key: str, tune: bool, score_thresholds: str | None, design_from: Path | None,
+         config_path: Path | None, device: str, threads: int | None, restart: bool) -> None:
     from tsp_model.config import load_config
     from tsp_model.simulation import SimulationError, SimulationSettings, run_simulation
     from tsp_model.simulation.replay import load_simulation_data
@@ -97,6 +99,7 @@ def _run(obj: object, coco: Path, images: Path | None, test_coco: Path | None, t
         backbone=backbone, image_size=image_size, init=str(init) if init else None, image_steps=image_steps,
         min_epochs=min_epochs, batch_size=batch_size, lr=lr, device=device, threads=threads,
         validation=validation, test=test_fraction, group_key=None if group_key == "none" else group_key, tune=tune,
+        design_from=str(design_from) if design_from else None,
     )
     if score_thresholds:
         settings.score_thresholds = _floats(score_thresholds) or settings.score_thresholds

@@ -38,7 +38,7 @@ def test_toml_round_trip(tmp_path):
         overrides={
             "model": {"backbone": "tiny_fpn", "min_size": 64, "max_size": 64, "weights": "/w/x.pth"},
             "train": {"epochs": 3, "lr": 2.5e-05, "lr_steps": [0.5, 0.9], "lr_steps_unit": "fraction",
-                      "pseudo_fraction": 0.25, "clip_grad_norm": 2.5, "device": 'cu"da\\1'},
+                      "pseudo_per_batch": 3, "clip_grad_norm": 2.5, "device": 'cu"da\\1'},
             "active": {"budget": 20, "strategy": "random", "empty_image_score": 0.0},
             "score": {"store_masks": False},
         }
@@ -47,7 +47,7 @@ def test_toml_round_trip(tmp_path):
     path.write_text(dump_toml(cfg))
     back = load_config(path)
     assert back == cfg
-    assert back.train.pseudo_fraction == 0.25 and back.train.lr == 2.5e-05
+    assert back.train.pseudo_per_batch == 3 and back.train.lr == 2.5e-05
     assert back.train.device == 'cu"da\\1'
     # defaults round-trip too
     path.write_text(dump_toml(TSPConfig()))

@@ -36,8 +36,9 @@ def test_two_cycles(tmp_path, oracle):
     records = read_jsonl(c2.scores_path)
     assert [r.image_id for r in records] == c1.pool_ids  # every pool image scored, by M_1
     assert {r.model_version for r in records} == {c1.model_version}
-    lowest = sorted(records, key=lambda r: r.S)[:2]  # "tsp": lowest S first
-    assert sorted(c2.selected_ids) == sorted(r.image_id for r in lowest)
+    # "tsp": the lowest S first (ties in S go either way: a seeded coin)
+    chosen = [r.S for r in records if r.image_id in c2.selected_ids]
+    assert len(chosen) == 2 and max(chosen) <= min(r.S for r in records if r.image_id not in c2.selected_ids)
     assert len(c2.labeled_ids) == 4 and len(c2.pool_ids) == 4
     rest_with_instances = [r for r in records if r.image_id not in c2.selected_ids and r.instances]
     assert c2.num_pseudo_images == len(rest_with_instances) > 0

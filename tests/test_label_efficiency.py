@@ -81,6 +81,12 @@ def test_parse_arms_flags_and_unknown_strategy():
         parse_arms(["nope+pseudo"])
     with pytest.raises(ValueError, match="STRATEGY\\+pseudo"):
         parse_arms(["tsp+pseud0"])
+    # +pseudo0: the pseudo-labeled images in every batch, beta = 0 (the control arm)
+    (control,) = parse_arms(["tsp+pseudo0"])
+    assert (control.strategy, control.pseudo_labels, control.pseudo_weight) == ("tsp", True, 0.0)
+    assert parse_arms(["tsp+pseudo"])[0].pseudo_weight is None  # the config's beta
+    with pytest.raises(ValueError, match="STRATEGY\\+pseudo"):
+        parse_arms(["tsp+pseudo+pseudo0"])
 
 
 @pytest.mark.parametrize("size", list(le.SIZES))
@@ -88,7 +94,7 @@ def test_parse_arms_flags_and_unknown_strategy():
 @pytest.mark.parametrize("regime", ["scratch", "warm"])
 def test_presets_are_valid(size, dataset, regime):
     from tsp_model.config import TSPConfig
-    from tsp_model.simulation.replay import model_overrides
+    from tsp_model.simulation.settings import model_overrides
 
     s = le.settings_for(dataset, size, regime)
     s.check()

@@ -94,8 +94,9 @@ def test_training_returns_iou_losses():
 
 
 def test_golden_losses():
-    """Fails if any loss term changes (fixed seed, tiny model, 64x64 images)."""
-    losses = losses_of(tiny_model(seed=0), [make_target(), make_target(pseudo=True)])
+    """Fails if any loss term changes (fixed seed, tiny model, 64x64 images). Recorded with
+    BatchNorm, torchvision's default, which the golden values have always used."""
+    losses = losses_of(tiny_model(seed=0, norm="batch"), [make_target(), make_target(pseudo=True)])
     expected = GOLDEN
     assert losses.keys() == expected.keys()
     for key, value in expected.items():
@@ -405,3 +406,93 @@ def test_cpu_backbones_build_and_infer(backbone):
         out = model([torch.rand(3, SIZE, SIZE)])[0]
     assert {"box_iou", "mask_iou"} <= out.keys()
     assert count_parameters(model) > 1_000_000
+
+
+# --------------------------------------------------------------------------- issue 23
+class _MeanOfFeatures(torch.nn.Module):
+    """Stands in for an IoU head: the mean of its input features, one value per RoI."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3))
+
+
+def test_b_is_read_on_the_features_of_the_proposal_the_detection_came_from():
+    """The box-IoU head learns IoU(box regressed from a proposal, gt) from the proposal's features,
+    so b must be read there, not on features pooled again at the regressed box. The features are
+    a ramp whose value is the pixel column, so the mean of a RoI's pooled features is its
+    center's x: the proposal [10, 20, 30, 40] (center x 20) is regressed 10 px to the right
+    ([20, 20, 40, 40], center x 30); b must be 20."""
+    model = tiny_model(seed=0)
+    model.eval()
+    heads = model.roi_heads
+    heads.score_thresh = 0.5
+    heads.box_iou_head = _MeanOfFeatures()
+    with torch.no_grad():
+        predictor = heads.box_predictor
+        predictor.cls_score.weight.zero_()
+        predictor.cls_score.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))  # class 1: p = e^5 / (e^5 + 2)
+        predictor.bbox_pred.weight.zero_()
+        predictor.bbox_pred.bias.zero_()
+        # class 1's dx: box coder weight 10 x (shift 10 px / width 20) = 5
+        predictor.bbox_pred.bias[4] = 5.0
+    features = {}
+    for level, stride in zip(("0", "1", "2", "3"), (4, 8, 16, 32)):
+        cols = torch.arange(SIZE // stride, dtype=torch.float32) * stride  # x of column j in pixels
+        features[level] = cols.expand(1, 64, SIZE // stride, SIZE // stride).clone()
+    proposals = [torch.tensor([[10.0, 20.0, 30.0, 40.0]])]
+    with torch.no_grad():
+        (out,), _ = heads(features, proposals, [(SIZE, SIZE)])
+    assert out["labels"].tolist() == [1]
+    assert out["boxes"][0].tolist() == pytest.approx([20.0, 20.0, 40.0, 40.0], abs=1e-4)  # regressed
+    assert float(out["box_iou"][0]) == pytest.approx(20.0, abs=1e-3)  # the proposal's center, not 30
+
+
+def test_norm_auto_is_groupnorm_from_scratch_and_frozen_batchnorm_from_batchnorm_weights(tmp_path):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from tsp_model.model import resolve_norm
+
+    assert ModelConfig().norm == "auto"
+    assert resolve_norm(ModelConfig(backbone="tiny_fpn")) == "group"
+    backbone, _ = build_backbone(ModelConfig(backbone="tiny_fpn"))
+    kinds = {type(m) for m in backbone.body.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.BatchNorm2d))}
+    assert kinds == {torch.nn.GroupNorm}
+    # torchvision's weights enums are ImageNet / COCO weights trained with BatchNorm
+    assert resolve_norm(ModelConfig(weights_backbone="DEFAULT")) == "frozen"
+    # a weights file: its running statistics say how it was trained
+    bn_file, gn_file = tmp_path / "bn.pt", tmp_path / "gn.pt"
+    torch.save(build_backbone(ModelConfig(backbone="tiny_fpn", norm="batch"))[0].body.state_dict(), bn_file)
+    torch.save(backbone.body.state_dict(), gn_file)
+    assert resolve_norm(ModelConfig(backbone="tiny_fpn", weights_backbone=str(bn_file))) == "frozen"
+    assert resolve_norm(ModelConfig(backbone="tiny_fpn", weights_backbone=str(gn_file))) == "group"
+    frozen, _ = build_backbone(ModelConfig(backbone="tiny_fpn", weights_backbone=str(bn_file)))
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.body.modules())
+    # an explicit choice wins
+    assert resolve_norm(ModelConfig(norm="batch", weights_backbone="DEFAULT")) == "batch"
+
+
+def _labeled_gradient(model: TSPMaskRCNN, with_pseudo_image: bool) -> dict[str, torch.Tensor]:
+    """Gradient of the loss of one labeled image, alone or batched with a pseudo-labeled image
+    at beta = 0; every anchor and RoI is sampled, so no sampler randomness differs."""
+    model.train()
+    model.set_semi_loss_weight(0.0)
+    model.rpn.fg_bg_sampler.batch_size_per_image = 10**6
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = 10**6
+    n = 2 if with_pseudo_image else 1
+    losses = model(make_images(2)[:n], [make_target(), make_target(pseudo=True)][:n])
+    model.zero_grad()
+    sum(losses.values()).backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_a_pseudo_image_at_beta_zero_leaves_the_labeled_gradient_alone_by_default():
+    """With BatchNorm (batch of 2) the pseudo image changes the labeled image's gradient even at
+    beta = 0; with the default norm (GroupNorm from scratch) it changes nothing."""
+    default = tiny_model(seed=0)
+    alone, batched = _labeled_gradient(default, False), _labeled_gradient(default, True)
+    assert alone.keys() == batched.keys()
+    for key in alone:
+        assert torch.allclose(alone[key], batched[key], rtol=1e-4, atol=1e-6), key
+    bn = tiny_model(seed=0, norm="batch")
+    alone, batched = _labeled_gradient(bn, False), _labeled_gradient(bn, True)
+    assert not all(torch.allclose(alone[k], batched[k], rtol=1e-4, atol=1e-6) for k in alone)

@@ -160,3 +160,33 @@ def test_pool_from_pairs_keeps_given_ids(tmp_path):
     pool = PoolDataset([(7, tmp_path / "images" / "img_001.png", "img_001.png")])
     image, image_id, name = pool[0]
     assert image.shape == (3, 64, 64) and image_id == 7 and name == "img_001.png"
+
+
+@pytest.mark.parametrize("threshold, shown", [(0.3, True), (0.5, False)])
+def test_masks_are_binarized_at_the_threshold_m_was_trained_with(threshold, shown):
+    """Issue 23: m is the IoU of the mask binarized at model.mask_threshold, so the masks shown,
+    pseudo-labeled and evaluated are binarized there too. Every mask probability is 0.4 here:
+    at 0.3 each detection's mask covers its box, at 0.5 it is empty."""
+    from tsp_model.config import ModelConfig
+    from tsp_model.roi_heads import mask_threshold_of
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tiny_fpn", min_size=64, max_size=64, box_score_thresh=0.0,
+                                    mask_threshold=threshold), num_classes=3)
+    with torch.no_grad():
+        logits = model.roi_heads.mask_predictor.mask_fcn_logits
+        logits.weight.zero_()
+        logits.bias.fill_(math.log(0.4 / 0.6))  # sigmoid -> 0.4
+    assert mask_threshold_of(model) == threshold
+    (rec,) = predict_images(model, [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))],
+                            CLASS_NAMES, amp=False)
+    assert rec.instances
+    for inst in rec.instances:
+        area = mask_utils.area({"size": inst.mask["size"], "counts": inst.mask["counts"].encode()})
+        x1, y1, x2, y2 = inst.box
+        if shown:
+            # torchvision pastes the 28 x 28 mask on the box grown by 30/28 (one cell of padding
+            # each side), rounded out to whole pixels
+            assert 0 < area <= ((x2 - x1) * 30 / 28 + 2) * ((y2 - y1) * 30 / 28 + 2)
+        else:
+            assert area == 0

@@ -160,3 +160,58 @@ def test_bad_coco_files_are_one_clear_line(series, tmp_path, mutate, message):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], res.output
     assert "Traceback" not in res.output
+
+
+def test_the_design_is_chosen_once_on_validation_and_reused(series, tmp_path, monkeypatch):
+    """Issue 23: one design over all seeds, written once; a later process in the same folder (one
+    seed each) and another run (--design-from) reuse it and tune nothing."""
+    import tsp_model.simulation.replay as replay
+    from tsp_model.engine.checkpoint import load_checkpoint
+    from tsp_model.simulation.ledger import Ledger
+
+    calls: list[str] = []
+    real = replay.run_cycle
+
+    def counting(*args, **kwargs):
+        calls.append(str(kwargs["out_dir"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(replay, "run_cycle", counting)
+    settings = _tiny(arms=["tsp", "tsp+pseudo0"], seeds=[0, 1], tune=True, validation=0.25,
+                     model_candidates=[{"norm": "batch"}, {"norm": "group"}], tune_candidates=[[0.5, "constant"]],
+                     show_thresholds=[0.4], keep_checkpoints=True)
+    data, _ = load_simulation_data(series, None, settings)
+    assert data.validation is not None and len(data.validation) > 0
+    design = run_simulation(data, settings, tmp_path / "sim", progress=False, design_only=True)
+    # 2 variants x 2 seeds x (M_1 + one cycle-2 model); the S_i candidate is the variant's default
+    assert len(calls) == 8
+    assert set(design["models"]) == {"batch_mt0.3", "group_mt0.3"}
+    assert all(len(v["per_seed"]) == 2 for v in design["models"].values())
+    best = max(design["models"].values(), key=lambda v: v["mean"])
+    assert design["chosen"]["norm"] == best["settings"]["norm"]
+    cal = design["per_seed"]["seed0"]["group_mt0.3"]["cycle2_calibration"]
+    assert set(cal["detected"]["spearman_mask_iou"]) == {"c", "b", "m", "s"}
+    assert (tmp_path / "sim" / "design.json").is_file()
+
+    # one process per seed in the same folder: the design is read, not chosen again on one seed
+    calls.clear()
+    for seed in (0, 1):
+        doc = run_simulation(data, _tiny(**{**settings.__dict__, "seeds": [seed]}), tmp_path / "sim", progress=False)
+        assert doc["design"] == design and doc["chosen"]["norm"] == design["chosen"]["norm"]
+    assert len(calls) == 4  # the two arms' cycle-2 models per seed; M_1 comes from the design
+    assert isinstance(doc["commit"], str) and len(doc["commit"].split("+")[0]) == 40
+    cal = doc["calibration"]["seed1"]
+    assert set(cal) == {"cycle1", "cycle2"} and cal["cycle2"]["detected"]["detections"] >= 0
+    ledger = Ledger(tmp_path / "sim" / "ledger.jsonl")
+    pseudo0 = ledger.get("seed1/tsp+pseudo0/cycle2")
+    assert load_checkpoint(pseudo0["checkpoint"])["config"]["model"]["semi_loss_weight"] == 0.0
+    tsp = ledger.get("seed1/tsp/cycle2")
+    assert load_checkpoint(tsp["checkpoint"])["config"]["model"]["semi_loss_weight"] == 0.01
+    assert pseudo0["selected_ids"] == tsp["selected_ids"]  # same M_1, same strategy
+
+    # another run takes the design as it is
+    calls.clear()
+    other = _tiny(arms=["tsp"], seeds=[2], design_from=str(tmp_path / "sim"), validation=0.25)
+    doc = run_simulation(load_simulation_data(series, None, other)[0], other, tmp_path / "other", progress=False)
+    assert doc["design"]["from"] == str(tmp_path / "sim") and doc["chosen"]["norm"] == design["chosen"]["norm"]
+    assert len(calls) == 2  # M_1 and tsp's cycle 2 of seed 2: nothing tuned

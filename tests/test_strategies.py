@@ -29,7 +29,7 @@ def _img(image_id, S, insts=()):
 # B    0.40  0.40            0.1         0.40   0.1
 # C    1.00  (none)          -           1.00*  0.0   (*no instance: ranks by S)
 # D    0.45  0.45, 0.45      0.9, 0.7    0.45   0.8
-# E    0.40  0.40            0.1         0.40   0.1   (ties B everywhere; B is first in pool)
+# E    0.40  0.40            0.1         0.40   0.1   (ties B everywhere: a seeded coin decides)
 # F    0.20  (none)          -           0.20*  0.0
 POOL = [
     _img("A", 0.50, [(0.70, 0.2), (0.30, 0.4)]),
@@ -55,31 +55,50 @@ def test_unknown_name_lists_known():
         get_strategy("tps")
 
 
+def _orders(name, active=None, seeds=range(20)):
+    return {tuple(get_strategy(name, active).select(POOL, 6, seed=seed)) for seed in seeds}
+
+
 def test_tsp_lowest_image_score_first():
-    # ascending S: F 0.20, B 0.40, E 0.40 (tie -> pool order), D 0.45, A 0.50, C 1.00
-    assert get_strategy("tsp").select(POOL, 3) == ["F", "B", "E"]
-    assert get_strategy("tsp").select(POOL, 6) == ["F", "B", "E", "D", "A", "C"]
+    # ascending S: F 0.20, {B, E} 0.40 (tied: seeded order), D 0.45, A 0.50, C 1.00
+    assert _orders("tsp") == {("F", "B", "E", "D", "A", "C"), ("F", "E", "B", "D", "A", "C")}
+    assert get_strategy("tsp").select(POOL, 1, seed=3) == ["F"]
 
 
 def test_tsp_instance_lowest_min_instance_score_first():
     every = ActiveConfig(score_threshold=0.0)  # every instance is scored
-    # min s: F 0.20*, A 0.30, B 0.40, E 0.40, D 0.45, C 1.00*
-    assert get_strategy("tsp_instance", every).select(POOL, 3) == ["F", "A", "B"]
-    assert get_strategy("tsp_instance", every).select(POOL, 10) == ["F", "A", "B", "E", "D", "C"]
+    # min s: F 0.20*, A 0.30, {B, E} 0.40, D 0.45, C 1.00*
+    assert _orders("tsp_instance", every) == {("F", "A", "B", "E", "D", "C"), ("F", "A", "E", "B", "D", "C")}
+    assert get_strategy("tsp_instance", every).select(POOL, 2, seed=5) == ["F", "A"]
 
 
 def test_tsp_instance_uses_scored_instances_only():
     # c = s here. With score_threshold 0.5 only A's 0.70 instance is scored; B, D, E then rank by
-    # their S (the empty-image rule was applied when they were scored): F 0.20, B 0.40, E 0.40,
+    # their S (the empty-image rule was applied when they were scored): F 0.20, {B, E} 0.40,
     # D 0.45, A 0.70, C 1.00
-    strat = get_strategy("tsp_instance", ActiveConfig(score_threshold=0.5))
-    assert strat.select(POOL, 6) == ["F", "B", "E", "D", "A", "C"]
+    assert _orders("tsp_instance", ActiveConfig(score_threshold=0.5)) == {
+        ("F", "B", "E", "D", "A", "C"), ("F", "E", "B", "D", "A", "C")}
 
 
 def test_class_entropy_highest_mean_entropy_first():
-    # mean entropy: D 0.8, A 0.3, B 0.1, E 0.1, C 0, F 0
-    assert get_strategy("class_entropy").select(POOL, 3) == ["D", "A", "B"]
-    assert get_strategy("class_entropy").select(POOL, 6) == ["D", "A", "B", "E", "C", "F"]
+    # mean entropy: D 0.8, A 0.3, {B, E} 0.1, {C, F} 0
+    orders = _orders("class_entropy")
+    assert {o[:2] for o in orders} == {("D", "A")}
+    assert {frozenset(o[2:4]) for o in orders} == {frozenset("BE")}
+    assert {frozenset(o[4:]) for o in orders} == {frozenset("CF")}
+    assert len(orders) == 4  # both ties are broken either way over 20 seeds
+
+
+@pytest.mark.parametrize("name", ["tsp", "tsp_instance", "class_entropy"])
+def test_ties_are_broken_by_a_seeded_random_permutation_not_by_pool_order(name):
+    """Equal keys (a pool the model found nothing in: S = 1.0 everywhere) must not hand the batch
+    to the lowest image ids: the first of 4 tied images is each image about equally often."""
+    tied = [_img(i, 1.0) for i in range(4)]
+    strat = get_strategy(name)
+    firsts = Counter(strat.select(tied, 1, seed=s)[0] for s in range(2000))
+    # each expected 500 times, binomial sd ~19.4
+    assert set(firsts) == {0, 1, 2, 3} and all(400 < n < 600 for n in firsts.values()), firsts
+    assert strat.select(tied, 4, seed=7) == strat.select(tied, 4, seed=7)  # the same seed, the same order
 
 
 @pytest.mark.parametrize("name", ["tsp", "tsp_instance", "class_entropy", "random"])

@@ -93,27 +93,31 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_mixed_sampler_puts_both_sets_in_every_batch():
-    s = MixedBatchSampler(3, 9, batch_size=4, pseudo_fraction=0.5, num_replicas=2, rank=0, seed=0)
-    other = MixedBatchSampler(3, 9, batch_size=4, pseudo_fraction=0.5, num_replicas=2, rank=1, seed=0)
-    # an epoch is one pass over the 3 labeled images, 2 labeled slots per batch of 4 on each of
-    # 2 ranks: ceil(3 / (0.5 * 4 * 2)) = 1 batch per rank
-    assert len(s) == 4 == len(other)
-    for sampler in (s, other):
-        batch = list(sampler)
-        assert sum(i >= 3 for i in batch) == 2, batch  # half pseudo (indices 3..11)
-    assert {i for i in list(s) + list(other) if i < 3} == {0, 1, 2}  # every labeled image
-    assert list(s) == list(s)  # deterministic per epoch
-    # few labeled, many pseudo (6 and 242, batch 2, half pseudo): 6 batches, each labeled image
-    # once, 6 of the 242 pseudo images; not ceil(248 / 2) = 124 batches
-    few = list(MixedBatchSampler(6, 242, batch_size=2, pseudo_fraction=0.5))
-    assert len(few) == 12 and sorted(i for i in few if i < 6) == [0, 1, 2, 3, 4, 5]
-    assert all(sum(i >= 6 for i in few[2 * b : 2 * b + 2]) == 1 for b in range(6))
-    # proportional: 3 labeled of 12 -> 1 of 4 slots per batch
-    prop = MixedBatchSampler(3, 9, batch_size=4, num_replicas=1, rank=0)
-    idx = list(prop)
-    assert len(idx) == 12 and sum(i < 3 for i in idx) == 3
-    assert sorted(i for i in idx if i < 3) == [0, 1, 2]
+def test_pseudo_images_are_added_on_top_of_the_labeled_batches():
+    """Issue 23: the +pseudo arm must train the same labeled batches for the same number of steps
+    as the arm without pseudo labels, the pseudo-labeled images added to each batch."""
+    for epoch in (0, 1):
+        plain = MixedBatchSampler(6, 0, batch_size=2, seed=3)
+        mixed = MixedBatchSampler(6, 242, batch_size=2, seed=3)
+        plain.set_epoch(epoch)
+        mixed.set_epoch(epoch)
+        p, m = list(plain), list(mixed)
+        # 6 labeled images, 2 per batch: ceil(6 / 2) = 3 steps either way, not ceil(248 / 2) = 124
+        assert len(p) == len(m) == len(plain) == len(mixed) == 3
+        assert sorted(i for b in p for i in b) == [0, 1, 2, 3, 4, 5]  # one pass over the labeled set
+        assert [b[:2] for b in m] == p  # the same labeled images in the same batches
+        assert all(len(b) == 4 and all(6 <= i < 248 for i in b[2:]) for b in m)  # + 2 pseudo images
+        assert len({i for b in m for i in b[2:]}) == 6  # 6 different pseudo images this epoch
+    # pseudo_per_batch sets how many are added; the labeled part does not move
+    one = list(MixedBatchSampler(6, 242, batch_size=2, pseudo_per_batch=1, seed=3))
+    assert [b[:2] for b in one] == list(MixedBatchSampler(6, 0, batch_size=2, seed=3))
+    assert all(len(b) == 3 for b in one)
+    # two ranks: global batch j goes to rank j % 2; together one pass over the labeled images
+    ranks = [list(MixedBatchSampler(3, 9, batch_size=2, num_replicas=2, rank=r, seed=0)) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [1, 1]  # ceil(3 / (2 x 2)) = 1 batch per rank
+    assert {i for r in ranks for b in r for i in b[:2]} == {0, 1, 2}
+    assert all(len(b) == 4 and all(i >= 3 for i in b[2:]) for r in ranks for b in r)
+    assert list(MixedBatchSampler(3, 9, batch_size=2, seed=0)) == list(MixedBatchSampler(3, 9, batch_size=2, seed=0))
 
 
 def test_cli_entry_trains_with_pseudo_labels_and_evaluates(tmp_path, capsys):

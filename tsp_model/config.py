@@ -43,7 +43,7 @@ class ConfigError(ValueError):
 
 
 BackboneName = Literal["resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn"]
-NormName = Literal["batch", "group", "frozen"]
+NormName = Literal["auto", "batch", "group", "frozen"]
 
 
 @dataclass
@@ -51,9 +51,13 @@ class ModelConfig:
     """The network: torchvision Mask R-CNN plus the two TSP IoU heads."""
 
     backbone: BackboneName = "resnet50_fpn"
-    # Normalization in the backbone. From scratch, "frozen" means no normalization at all
-    # (FrozenBatchNorm2d at identity); "batch" is torchvision's maskrcnn_resnet50_fpn default.
-    norm: NormName = "batch"
+    # Normalization in the backbone. "auto": frozen BatchNorm when the backbone starts from
+    # weights trained with BatchNorm (torchvision's, or a weights file holding running
+    # statistics), GroupNorm otherwise (from scratch): at 2 images per batch, BatchNorm couples
+    # the images of a batch, so a pseudo-labeled image would steer the labeled one's gradient
+    # whatever beta says. "batch" is torchvision's maskrcnn_resnet50_fpn default; from scratch,
+    # "frozen" means no normalization at all (FrozenBatchNorm2d at identity).
+    norm: NormName = "auto"
     # Pretrained weights: None (train from scratch; the only option offline), "DEFAULT"
     # (torchvision's weights enum, loaded only when the file is already in the torch hub cache),
     # or a path to a local state_dict file. Never downloaded.
@@ -66,7 +70,9 @@ class ModelConfig:
     iou_loss_weight: float = 1.0
     # beta in eq. 5: weight of the pseudo-label loss L_semi.
     semi_loss_weight: float = 0.01
-    # Predicted masks are binarized at this threshold for the mask-IoU target (section 3.1).
+    # One binarization threshold of predicted masks: the mask-IoU target (section 3.1: 0.3), and
+    # the masks shown in Label Studio, pseudo-labeled and evaluated, so that m is the IoU of the
+    # mask it is shown with.
     mask_threshold: float = 0.3
     # Anchor size per FPN level (5 for the ResNet/tiny FPNs, listed once for MobileNet's 3 maps);
     # None: torchvision's (32, 64, 128, 256, 512), or a quarter of that for tiny_fpn.
@@ -114,9 +120,11 @@ class TrainConfig:
     # Automatic mixed precision: bf16 on CUDA devices that support it, off on the CPU.
     amp: bool = True
     seed: int = 0
-    # Fraction of each batch drawn from pseudo-labeled images when both sets exist (eq. 5 mixes
-    # them in one batch); 0 < value < 1. None: proportional to the set sizes.
-    pseudo_fraction: float | None = None
+    # Pseudo-labeled images added to every batch of batch_size labeled ones (eq. 5 sums both
+    # losses per batch). The labeled part of each batch and the number of steps are those of
+    # training without pseudo labels, so pseudo labels add to a step and change nothing else.
+    # None: batch_size (as many pseudo-labeled as labeled images per batch).
+    pseudo_per_batch: int | None = None
     clip_grad_norm: float = 10.0  # 0 disables clipping
     # The per-epoch resume file (<out>.partial) is written when this many seconds have passed
     # since the last one (0: after every epoch). Short epochs (a few labeled images) would
@@ -301,11 +309,7 @@ def _validate(obj: Any, prefix: str) -> None:
             need(all(float(s).is_integer() and s >= 1 for s in obj.lr_steps), "lr_steps", "epochs must be whole numbers >= 1")
         if obj.lr_steps_unit == "fraction":
             need(all(0.0 < s <= 1.0 for s in obj.lr_steps), "lr_steps", "fractions must be in (0, 1]")
-        need(
-            obj.pseudo_fraction is None or 0.0 < obj.pseudo_fraction < 1.0,
-            "pseudo_fraction",
-            "must be in (0, 1)",
-        )
+        need(obj.pseudo_per_batch is None or obj.pseudo_per_batch >= 1, "pseudo_per_batch", "must be >= 1")
     elif isinstance(obj, ActiveConfig):
         need(obj.budget >= 1, "budget", "must be >= 1")
         need(obj.cycles >= 1, "cycles", "must be >= 1")

@@ -23,7 +23,8 @@ def _sq_norms(x: np.ndarray, chunk: int) -> np.ndarray:
 
 
 def k_center_greedy(
-    pool: np.ndarray, labeled: np.ndarray | None, budget: int, *, chunk: int = 1024
+    pool: np.ndarray, labeled: np.ndarray | None, budget: int, *, chunk: int = 1024,
+    tie_break: np.ndarray | None = None,
 ) -> list[int]:
     """Indices of ``budget`` rows of ``pool`` chosen by k-center greedy, in picking order.
 
@@ -33,8 +34,9 @@ def k_center_greedy(
             centers). Empty: the first pick is the pool point farthest from the pool's mean.
         budget: b; clipped to N.
         chunk: rows per distance block (one chunk x chunk block of doubles: 8 MB at 1024).
-
-    Ties (equal distances) go to the lowest index, so the choice is deterministic.
+        tie_break (int ndarray[N] or None): among equally far points the one with the lowest
+            value goes first (a seeded random permutation, so ties do not favour low indices);
+            None: the lowest index.
     """
     pool = np.asarray(pool, dtype=np.float32)
     n = pool.shape[0]
@@ -61,16 +63,23 @@ def k_center_greedy(
     first = None
     if labeled is None or not len(labeled):
         mean = _chunked_mean(pool, chunk)
-        first = int(np.argmax(pn - 2.0 * _matvec(pool, mean, chunk)))  # + |mean|^2: same argmax
+        first = _argmax(pn - 2.0 * _matvec(pool, mean, chunk), tie_break)  # + |mean|^2: same argmax
     chosen: list[int] = []
     for step in range(budget):
-        i = first if (step == 0 and first is not None) else int(np.argmax(min_d))
+        i = first if (step == 0 and first is not None) else _argmax(min_d, tie_break)
         chosen.append(i)
         c = pool[i].astype(np.float64)
         d = pn - 2.0 * _matvec(pool, c, chunk) + pn[i]
         np.minimum(min_d, d, out=min_d)
         min_d[i] = -np.inf  # chosen: never again, even with duplicate embeddings
     return chosen
+
+
+def _argmax(values: np.ndarray, tie_break: np.ndarray | None) -> int:
+    if tie_break is None:
+        return int(np.argmax(values))
+    best = np.flatnonzero(values == values.max())
+    return int(best[np.argmin(tie_break[best])])
 
 
 def _matvec(x: np.ndarray, v: np.ndarray, chunk: int) -> np.ndarray:

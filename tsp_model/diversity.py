@@ -58,20 +58,23 @@ def embedding_clusters(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def cluster_round_robin(
-    scores: Sequence[float], clusters: Sequence[int], labeled_clusters: Sequence[int] = (), budget: int | None = None
+    scores: Sequence[float], clusters: Sequence[int], labeled_clusters: Sequence[int] = (), budget: int | None = None,
+    tie_break: Sequence[int] | None = None,
 ) -> list[int]:
     """Indices in the order Label Studio's Uncertainty sampling serves one annotator.
 
     At each step the next task is the lowest-scored one among the clusters where the annotator
     has labeled the fewest tasks so far (``labeled_clusters``: the cluster of every task they
-    labeled before), ties broken by cluster id then by index; the served task then counts as
-    labeled in its cluster.
+    labeled before); the served task then counts as labeled in its cluster. Equal scores (within
+    a cluster, and between the heads of equally labeled clusters) go by ``tie_break`` (lowest
+    first; a seeded random permutation in the strategies), else by index.
 
     Args:
         scores: the queue score of each pool task (S_i: lowest first).
         clusters: each pool task's cluster.
         labeled_clusters: the cluster of each task already labeled.
         budget: stop after this many (default: order the whole pool).
+        tie_break: a rank per pool task for ties (default: the index).
     """
     import heapq
 
@@ -81,24 +84,27 @@ def cluster_round_robin(
     count: dict[int, int] = {}
     for c in labeled_clusters:
         count[int(c)] = count.get(int(c), 0) + 1
-    queues: dict[int, list[tuple[float, int]]] = {}
+    ranks = list(range(n)) if tie_break is None else [int(t) for t in tie_break]
+    if len(ranks) != n:
+        raise ValueError(f"{n} scores but {len(ranks)} tie-break ranks")
+    queues: dict[int, list[tuple[float, int, int]]] = {}
     for i, (s, c) in enumerate(zip(scores, clusters)):
-        queues.setdefault(int(c), []).append((float(s), i))
+        queues.setdefault(int(c), []).append((float(s), ranks[i], i))
     for q in queues.values():
         q.sort()
     heads = {c: 0 for c in queues}
-    # one heap entry per cluster with tasks left: (labeled count, lowest score left, cluster)
-    heap = [(count.get(c, 0), q[0][0], c) for c, q in queues.items()]
+    # one heap entry per cluster with tasks left: (labeled count, its next task's (score, rank), cluster)
+    heap = [(count.get(c, 0), q[0][0], q[0][1], c) for c, q in queues.items()]
     heapq.heapify(heap)
     order: list[int] = []
     limit = n if budget is None else min(int(budget), n)
     while heap and len(order) < limit:
-        cnt, _, c = heapq.heappop(heap)
-        _, i = queues[c][heads[c]]
-        order.append(i)
+        cnt, _, _, c = heapq.heappop(heap)
+        order.append(queues[c][heads[c]][2])
         heads[c] += 1
         if heads[c] < len(queues[c]):
-            heapq.heappush(heap, (cnt + 1, queues[c][heads[c]][0], c))
+            nxt = queues[c][heads[c]]
+            heapq.heappush(heap, (cnt + 1, nxt[0], nxt[1], c))
     return order
 
 

@@ -48,7 +48,7 @@ class BoxIoUHead(IoUHead):
 
 
 class MaskIoUHead(IoUHead):
-    """Predicts m: the IoU of the mask binarized at 0.3 with its ground-truth mask.
+    """Predicts m: the IoU of the mask binarized at the model's ``mask_threshold`` with its ground-truth mask.
 
     Input: the mask branch's RoIAlign features, the same input as the mask head
     (FloatTensor[N, C, 14, 14] by default).

@@ -49,7 +49,8 @@ class TSPMaskRCNN(MaskRCNN):
         num_classes: number of classes including background.
         iou_loss_weight: lambda of eq. 1 (weight of ``loss_box_iou`` and ``loss_mask_iou``).
         semi_loss_weight: beta of eq. 5 (weight of the pseudo-label loss L_semi).
-        mask_threshold: binarization threshold of predicted masks for the mask-IoU target.
+        mask_threshold: binarization threshold of predicted masks for the mask-IoU target and
+            for every mask the model outputs (shown, pseudo-labeled, evaluated).
         box_iou_head, mask_iou_head: optional custom heads; defaults follow the paper.
         loss_prediction_module: optional :class:`~tsp_model.learning_loss.LossPredictionModule`
             (learning loss, Yoo & Kweon 2019): adds ``loss_learning_loss`` in training and
@@ -139,8 +140,27 @@ class TSPMaskRCNN(MaskRCNN):
 
 
 # --------------------------------------------------------------------------- backbones
+def resolve_norm(cfg: ModelConfig) -> str:
+    """``cfg.norm`` with ``"auto"`` made concrete: ``"frozen"`` when the backbone starts from
+    weights trained with BatchNorm (torchvision's weights enums, or a weights file holding
+    running statistics), where frozen statistics are the usual fine-tuning choice; ``"group"``
+    otherwise (from scratch, or from weights trained with GroupNorm): BatchNorm over batches of
+    2 images makes each image's gradient depend on the other image of its batch."""
+    if cfg.norm != "auto":
+        return cfg.norm
+    for spec, what in ((cfg.weights_backbone, "model.weights_backbone"), (cfg.weights, "model.weights")):
+        if spec is None:
+            continue
+        if not _looks_like_path(spec):
+            return "frozen"  # torchvision's ImageNet / COCO weights: trained with BatchNorm
+        if any(k.endswith("running_mean") for k in _load_state_dict_file(spec, what)):
+            return "frozen"
+    return "group"
+
+
 def norm_layer_for(name: str) -> Callable[[int], nn.Module]:
-    """``norm`` config value -> a norm-layer factory taking the channel count."""
+    """``norm`` config value (``"auto"`` resolved, :func:`resolve_norm`) -> a norm-layer factory
+    taking the channel count."""
     if name == "batch":
         return nn.BatchNorm2d
     if name == "frozen":
@@ -226,7 +246,7 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, list[str]]:
     """The feature extractor named by ``cfg.backbone`` and the FPN level names RoI pooling uses."""
     from torchvision.models import MobileNet_V3_Large_Weights, ResNet18_Weights, ResNet50_Weights
 
-    norm = norm_layer_for(cfg.norm)
+    norm = norm_layer_for(resolve_norm(cfg))
     layers = cfg.trainable_backbone_layers
     if cfg.backbone in ("resnet50_fpn", "resnet18_fpn"):
         depth = "resnet50" if cfg.backbone == "resnet50_fpn" else "resnet18"
@@ -394,4 +414,5 @@ __all__ = [
     "count_parameters",
     "load_matching_weights",
     "norm_layer_for",
+    "resolve_norm",
 ]

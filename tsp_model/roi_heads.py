@@ -13,8 +13,14 @@
   divided by the number of sampled RoIs as in eq. 1, box and mask losses unchanged, no IoU-head
   losses.
 * each returned loss term is ``sup + beta * semi`` (eq. 5).
-* inference: after NMS the final boxes are pooled again and go through both heads; every result
-  dict carries ``box_iou`` (b), ``mask_iou`` (m) and ``class_probs`` beside torchvision's keys.
+* inference: every result dict carries ``box_iou`` (b), ``mask_iou`` (m) and ``class_probs``
+  beside torchvision's keys. Each head is read on the input it was trained on: b on the box
+  features of the proposal each kept detection was regressed from (the features the box-IoU
+  head learned IoU(regressed box, gt) from), m on the mask features of the final box (the RoI
+  the shown mask is predicted on).
+* one mask threshold (``mask_threshold``) binarizes the predicted mask for the mask-IoU target;
+  the same value binarizes the masks shown, pseudo-labeled and evaluated
+  (:func:`mask_threshold_of`), so m is the IoU of the mask it is shown with.
 """
 
 from __future__ import annotations
@@ -34,6 +40,16 @@ from torchvision.models.detection.roi_heads import (
 from torchvision.ops import boxes as box_ops
 
 from .heads import BoxIoUHead, MaskIoUHead
+
+
+def mask_threshold_of(model: torch.nn.Module, default: float = 0.5) -> float:
+    """The probability at which ``model`` binarizes its masks: the ``mask_threshold`` of its
+    :class:`TSPRoIHeads` (the one the mask-IoU target used; found through wrappers such as DDP),
+    or torchvision's 0.5 for a plain Mask R-CNN."""
+    for module in model.modules():
+        if isinstance(module, TSPRoIHeads):
+            return float(module.mask_threshold)
+    return default
 
 
 def is_pseudo(target: dict[str, Any]) -> bool:
@@ -103,7 +119,7 @@ def mask_iou_targets(mask_probs: Tensor, gt_in_roi: Tensor, area_ratios: Tensor,
     Returns:
         FloatTensor[N]: IoU in [0, 1]; 0 where the ground truth is not inside the RoI at all.
     """
-    pred = (mask_probs >= threshold).float()
+    pred = (mask_probs > threshold).float()  # as the pasted masks: torchvision binarizes with ">"
     gt = (gt_in_roi >= 0.5).float()
     inter = (pred * gt).flatten(1).sum(1)
     pred_area = pred.flatten(1).sum(1)
@@ -299,17 +315,19 @@ class TSPRoIHeads(RoIHeads):
         box_regression: Tensor,
         proposals: list[Tensor],
         image_shapes: list[tuple[int, int]],
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-        """``RoIHeads.postprocess_detections`` that also returns each detection's softmax vector.
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """``RoIHeads.postprocess_detections`` that also returns, per detection, the proposal it
+        was regressed from and that proposal's softmax vector.
 
         Returns per image: boxes FloatTensor[N, 4], scores FloatTensor[N], labels Int64Tensor[N],
-        class_probs FloatTensor[N, num_classes] (of the proposal each detection came from).
+        class_probs FloatTensor[N, num_classes], source Int64Tensor[N] (index of the proposal
+        within the image's proposals).
         """
         num_classes = class_logits.shape[-1]
         counts = [p.shape[0] for p in proposals]
         pred_boxes = self.box_coder.decode(box_regression, proposals).split(counts, 0)
         pred_probs = F.softmax(class_logits, -1).split(counts, 0)
-        out_boxes, out_scores, out_labels, out_probs = [], [], [], []
+        out_boxes, out_scores, out_labels, out_probs, out_source = [], [], [], [], []
         for boxes, probs, shape in zip(pred_boxes, pred_probs, image_shapes):
             boxes = box_ops.clip_boxes_to_image(boxes, shape)
             n = probs.shape[0]
@@ -328,7 +346,8 @@ class TSPRoIHeads(RoIHeads):
             out_scores.append(scores[keep])
             out_labels.append(labels[keep])
             out_probs.append(probs[source[keep]])
-        return out_boxes, out_scores, out_labels, out_probs
+            out_source.append(source[keep])
+        return out_boxes, out_scores, out_labels, out_probs, out_source
 
     def _inference_forward(
         self,
@@ -338,13 +357,15 @@ class TSPRoIHeads(RoIHeads):
     ) -> list[dict[str, Tensor]]:
         box_roi = self.box_roi_pool(features, proposals, image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(box_roi))
-        boxes, scores, labels, probs = self.postprocess_with_probs(
+        boxes, scores, labels, probs, source = self.postprocess_with_probs(
             class_logits, box_regression, proposals, image_shapes
         )
         counts = [b.shape[0] for b in boxes]
 
-        # b: the final (post-NMS) boxes are pooled again, as in the paper and Mask Scoring R-CNN.
-        box_iou = self.box_iou_head(self.box_roi_pool(features, boxes, image_shapes)).split(counts)
+        # b: the box-IoU head learned IoU(box regressed from a proposal, gt) from that proposal's
+        # features; read it on the same features, those of the proposal each detection came from.
+        roi_i = box_roi.split([p.shape[0] for p in proposals])
+        box_iou = self.box_iou_head(torch.cat([r[i] for r, i in zip(roi_i, source)])).split(counts)
         mask_roi = self.mask_roi_pool(features, boxes, image_shapes)
         mask_logits = self.mask_predictor(self.mask_head(mask_roi))
         masks = maskrcnn_inference(mask_logits, labels)

@@ -10,7 +10,10 @@ A small registry by name, in the manner of detectron2's registries::
     get_strategy("my_rule").select(pool, budget=500)  # -> list of image_id
 
 A strategy ranks the whole scored pool (most informative first) and ``select`` takes the first
-``budget``. Ties keep the pool's order, so every ranking is deterministic.
+``budget``. Ties (equal S_i, e.g. 1.0 for every slice without a scored instance) are broken by a
+seeded random permutation (:func:`tie_break_ranks`), never by pool order: the lowest image ids
+would otherwise fill a batch whenever the model finds nothing. The same ``seed`` gives the same
+ranking.
 
 What a strategy reads beyond the triplet scores is declared in ``needs`` and produced by the
 pool scoring (:func:`scoring_options`, used by ``score_pool``): ``"embedding"`` (pooled FPN
@@ -49,6 +52,7 @@ __all__ = [
     "TSPDiverseStrategy",
     "scoring_options",
     "priority_scores",
+    "tie_break_ranks",
 ]
 
 _REGISTRY: dict[str, type[SelectionStrategy]] = {}
@@ -142,10 +146,17 @@ def _finite(value: float, rec: ImageScore, what: str) -> float:
     return value
 
 
-def _ascending(pool: Sequence[ImageScore], key: Callable[[ImageScore], float]) -> list[int]:
-    # sorted() is stable: equal keys keep pool order.
-    keys = [key(rec) for rec in pool]
-    return sorted(range(len(pool)), key=keys.__getitem__)
+def tie_break_ranks(n: int, seed: int) -> np.ndarray:
+    """Int64[n]: a seeded random rank for each of ``n`` pool indices; among equal keys the lower
+    rank goes first. Every strategy breaks ties with it (sorts, the cluster round robin, the
+    k-center argmax)."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def _ascending(pool: Sequence[ImageScore], key: Callable[[ImageScore], float], seed: int) -> list[int]:
+    keys = np.array([key(rec) for rec in pool], dtype=np.float64)
+    # lexsort: the last key is the primary one; equal keys fall back to the random ranks
+    return [int(i) for i in np.lexsort((tie_break_ranks(len(pool), seed), keys))]
 
 
 @register_strategy("tsp")
@@ -156,7 +167,7 @@ class TSPStrategy(SelectionStrategy):
     (:func:`tsp_model.scoring.scored_image_score`, applied when the pool is scored)."""
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
-        return _ascending(pool, lambda r: _finite(r.S, r, "S"))
+        return _ascending(pool, lambda r: _finite(r.S, r, "S"), seed)
 
 
 @register_strategy("tsp_instance")
@@ -178,7 +189,7 @@ class TSPInstanceStrategy(SelectionStrategy):
                 return _finite(r.S, r, "S")
             return min(_finite(s, r, "an instance score s") for s in scored)
 
-        return _ascending(pool, key)
+        return _ascending(pool, key, seed)
 
 
 @register_strategy("class_entropy")
@@ -197,7 +208,7 @@ class ClassEntropyStrategy(SelectionStrategy):
             h = sum(_finite(i.entropy, r, "an instance entropy") for i in r.instances)
             return -h / len(r.instances)
 
-        return _ascending(pool, neg_entropy)
+        return _ascending(pool, neg_entropy, seed)
 
 
 @register_strategy("random")
@@ -233,7 +244,7 @@ class MCDropoutStrategy(SelectionStrategy):
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
         hint = "score the pool with MC dropout (model.dropout > 0, active.strategy = 'mc_dropout')"
-        return _ascending(pool, lambda r: -_extra(r, "mc_uncertainty", hint))
+        return _ascending(pool, lambda r: -_extra(r, "mc_uncertainty", hint), seed)
 
 
 @register_strategy("learning_loss")
@@ -248,7 +259,7 @@ class LearningLossStrategy(SelectionStrategy):
 
     def rank(self, pool: Sequence[ImageScore], *, seed: int = 0) -> list[int]:
         hint = "the model needs model.learning_loss = true (retrain with it)"
-        return _ascending(pool, lambda r: -_extra(r, "predicted_loss", hint))
+        return _ascending(pool, lambda r: -_extra(r, "predicted_loss", hint), seed)
 
 
 class LabeledAwareStrategy(SelectionStrategy):
@@ -311,7 +322,8 @@ class CoreSetStrategy(LabeledAwareStrategy):
         from tsp_model.coreset import k_center_greedy
 
         x, lab = _embeddings(pool, labeled)
-        return k_center_greedy(x, lab, len(pool) if budget is None else budget)
+        return k_center_greedy(x, lab, len(pool) if budget is None else budget,
+                               tie_break=tie_break_ranks(len(pool), seed))
 
 
 @register_strategy("tsp_diverse")
@@ -349,7 +361,7 @@ class TSPDiverseStrategy(LabeledAwareStrategy):
 
         pool_c, lab_c = self.clusters(pool, labeled, seed)
         scores = [_finite(r.S, r, "S") for r in pool]
-        return cluster_round_robin(scores, pool_c, lab_c, budget)
+        return cluster_round_robin(scores, pool_c, lab_c, budget, tie_break=tie_break_ranks(len(pool), seed))
 
 
 def scoring_options(strategy: str | SelectionStrategy, mc_passes: int = 10) -> dict[str, object]:

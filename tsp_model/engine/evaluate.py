@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from tsp_model.engine.amp import autocast
 
-MASK_THRESHOLD = 0.5  # probability -> binary mask for COCO results (torchvision's convention)
+# probability -> binary mask for a model without its own ``mask_threshold`` (torchvision's
+# convention); a TSP model's masks are binarized at the threshold its mask-IoU head learned with
+MASK_THRESHOLD = 0.5
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
@@ -206,8 +208,11 @@ def evaluate(
     """mAP of ``model`` on ``dataset`` (items ``(image, target)`` with ``target["image_id"]``).
 
     Ground truth is ``dataset.coco`` when present (categories matched by name), else built from
-    the targets. ``class_names`` defaults to ``dataset.class_names``.
+    the targets. ``class_names`` defaults to ``dataset.class_names``. Masks are binarized at the
+    model's ``mask_threshold`` (:func:`tsp_model.roi_heads.mask_threshold_of`), as they are shown.
     """
+    from tsp_model.roi_heads import mask_threshold_of
+
     device = torch.device(device)
     class_names = list(class_names if class_names is not None else dataset.class_names)
     gt, label_to_cat = _gt_and_mapping(dataset, class_names)
@@ -223,7 +228,7 @@ def evaluate(
             for out, tgt in zip(outputs, targets):
                 img_id = int(tgt["image_id"])
                 img_ids.append(img_id)
-                results.extend(predictions_to_coco(out, img_id, label_to_cat))
+                results.extend(predictions_to_coco(out, img_id, label_to_cat, mask_threshold_of(model)))
     finally:
         model.train(was_training)
     return coco_map(gt, results, img_ids=img_ids)

@@ -33,6 +33,7 @@ from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast
 from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_mask, encode_masks
 from tsp_model.records import ImageScore, InstanceScore, record_image_score
+from tsp_model.roi_heads import mask_threshold_of
 from tsp_model.scoring import class_entropy, instance_score
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def paste_mask_rle(mask_probs: torch.Tensor, box: torch.Tensor, height: int, width: int,
-                   canvas: np.ndarray | None = None) -> dict:
+                   canvas: np.ndarray | None = None, threshold: float = MASK_THRESHOLD) -> dict:
     """One instance's mask probabilities on its box -> COCO RLE of the binary mask at full size.
 
     torchvision's ``paste_masks_in_image`` (what ``GeneralizedRCNNTransform.postprocess`` calls)
     allocates a float H x W image per detection, all at once: on an 8000 x 8000 slice with 100
     detections that is 25 GB. Here the same torchvision paste runs on a canvas around the box
-    only, is binarized at 0.5 (torchvision's convention) and written into ``canvas``, a reusable
+    only, is binarized at ``threshold`` (the model's ``mask_threshold``, which its mask-IoU head
+    was trained with; torchvision's 0.5 by default) and written into ``canvas``, a reusable
     uint8 [H, W] buffer (zeroed again before returning), whose RLE is taken: memory O(H x W)
     bytes once per image, not per detection.
 
@@ -72,7 +74,7 @@ def paste_mask_rle(mask_probs: torch.Tensor, box: torch.Tensor, height: int, wid
     shifted = box.detach().float().cpu().reshape(1, 4) - torch.tensor([cx0, cy0, cx0, cy0], dtype=torch.float32)
     local = paste_masks_in_image(mask_probs.detach().float().cpu().reshape(1, 1, *mask_probs.shape[-2:]),
                                  shifted, (cy1 - cy0, cx1 - cx0))[0, 0]
-    canvas[cy0:cy1, cx0:cx1] = (local > MASK_THRESHOLD).numpy()
+    canvas[cy0:cy1, cx0:cx1] = (local > threshold).numpy()
     rle = encode_mask(canvas)
     canvas[cy0:cy1, cx0:cx1] = 0
     return rle
@@ -82,12 +84,14 @@ def postprocess_to_rle(
     detections: list[dict[str, torch.Tensor]],
     image_sizes: Sequence[tuple[int, int]],
     original_sizes: Sequence[tuple[int, int]],
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> list[dict[str, Any]]:
     """``GeneralizedRCNNTransform.postprocess`` with masks as RLE instead of full-size pastes.
 
     Boxes are resized to the original image (torchvision's ``resize_boxes``); each detection's
     ``masks`` (FloatTensor[N, 1, M, M] probabilities on its box) becomes ``mask_rles``, a list
-    of N COCO RLEs of the binary mask in original pixels (:func:`paste_mask_rle`).
+    of N COCO RLEs of the mask binarized at ``mask_threshold`` in original pixels
+    (:func:`paste_mask_rle`).
     """
     from torchvision.models.detection.transform import resize_boxes
 
@@ -99,7 +103,8 @@ def postprocess_to_rle(
         masks = det.pop("masks", None)
         if masks is not None:
             canvas = np.zeros((height, width), dtype=np.uint8, order="F") if len(boxes) else None
-            det["mask_rles"] = [paste_mask_rle(masks[k], boxes[k], height, width, canvas) for k in range(len(boxes))]
+            det["mask_rles"] = [paste_mask_rle(masks[k], boxes[k], height, width, canvas, mask_threshold)
+                                for k in range(len(boxes))]
         out.append(det)
     return out
 
@@ -114,6 +119,7 @@ def output_to_record(
     class_names: Sequence[str],
     active: ActiveConfig | None = None,
     model_version: str = "",
+    mask_threshold: float = MASK_THRESHOLD,
 ) -> ImageScore:
     """One detection dict (eval mode) -> :class:`ImageScore` with every detection kept.
 
@@ -121,7 +127,7 @@ def output_to_record(
     instances (``c >= active.score_threshold``), else the empty-image rule
     (:func:`tsp_model.scoring.scored_image_score`); ``entropy`` is the Shannon entropy of
     ``class_probs``. Masks: ``mask_rles`` (from :func:`postprocess_to_rle`) or, for a model that
-    returns torchvision's full-size ``masks``, those binarized at 0.5.
+    returns torchvision's full-size ``masks``, those binarized at ``mask_threshold``.
     """
     active = active or ActiveConfig()
     # float64: scores are stored and compared as Python floats
@@ -136,7 +142,7 @@ def output_to_record(
     if "mask_rles" in output:
         rles = list(output["mask_rles"])
     else:
-        rles = encode_masks((output["masks"].detach().float().cpu()[:, 0] > MASK_THRESHOLD).numpy())
+        rles = encode_masks((output["masks"].detach().float().cpu()[:, 0] > mask_threshold).numpy())
     instances = []
     for i, label in enumerate(labels):
         instances.append(
@@ -173,8 +179,8 @@ def forward_with_extras(
     """A torchvision detection model's eval forward, plus per-image extras from the same pass.
 
     The detections are those of ``GeneralizedRCNN.forward`` (same calls, dropout off), except
-    that masks come back as ``mask_rles`` (:func:`postprocess_to_rle`), never as full-size
-    probability images. With ``embeddings`` each extras dict gets ``embedding`` (base64
+    that masks come back as ``mask_rles`` binarized at the model's ``mask_threshold``
+    (:func:`postprocess_to_rle`), never as full-size probability images. With ``embeddings`` each extras dict gets ``embedding`` (base64
     float16), with ``mc_passes`` = T >= 2 the MC-dropout statistics of the detections (T
     batched head passes). A model that is not a ``GeneralizedRCNN`` is simply called.
     """
@@ -217,7 +223,7 @@ def forward_with_extras(
             n = int(det["boxes"].shape[0])
             ex.update(mc_image_stats(probs[:, start : start + n], masks[:, start : start + n], mc_passes))
             start += n
-    return postprocess_to_rle(detections, image_list.image_sizes, original_sizes), extras
+    return postprocess_to_rle(detections, image_list.image_sizes, original_sizes, mask_threshold_of(model)), extras
 
 
 @torch.inference_mode()
@@ -261,6 +267,7 @@ def predict_images(
             class_names=class_names,
             active=active,
             model_version=model_version,
+            mask_threshold=mask_threshold_of(model),
         )
         rec.extras.update(extras[i])
         records.append(rec)

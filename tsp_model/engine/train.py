@@ -24,6 +24,7 @@ Learning rate: see :class:`tsp_model.config.TrainConfig` for the scaling rule
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import random
@@ -71,20 +72,19 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     return [b[0] for b in batch], [b[1] for b in batch]
 
 
-class MixedBatchSampler(Sampler[int]):
-    """Indices of ``ConcatDataset([labeled, pseudo])`` so that every batch mixes both sets.
+class MixedBatchSampler(Sampler[list[int]]):
+    """Batches of ``ConcatDataset([labeled, pseudo])`` indices: ``batch_size`` labeled images,
+    plus ``pseudo_per_batch`` pseudo-labeled ones on top (eq. 5 sums both losses per batch).
 
-    Without ``pseudo_fraction`` an epoch is one pass over both sets: ``ceil((L + P) / (batch *
-    world))`` batches per rank, ``P / (L + P)`` of the slots pseudo-labeled. With it, a fraction
-    ``pseudo_fraction`` of the slots is pseudo-labeled and an epoch is one pass over the labeled
-    images, ``ceil(L / ((1 - pseudo_fraction) * batch * world))`` batches per rank, so the
-    schedule does not grow with the number of images that pass the pseudo-label thresholds (a
-    few labeled images and hundreds of pseudo-labeled ones). Pseudo slots are spread evenly over
-    the batches, so eq. 5's two terms meet in each batch. Each set is drawn as a fresh permutation
-    (repeated if the set is smaller than its share). Global batch j goes to rank ``j % world``:
-    the sampler is rank-aware and deterministic given ``seed`` and the epoch (call
-    :meth:`set_epoch`, like ``DistributedSampler``). Yields ``len(self)`` indices per rank; use
-    it with ``DataLoader(batch_size=batch_size)`` so batches stay intact.
+    The labeled part is exactly what training without pseudo labels sees: an epoch is one pass
+    over the labeled images, ``ceil(L / (batch_size * world))`` batches per rank, each holding
+    ``batch_size`` labeled images drawn from the same seeded permutation (repeated to fill the
+    last batch) whether or not pseudo images exist. Pseudo images come from a permutation of
+    their own (repeated when there are fewer than the slots), so adding them changes what each
+    step also sees, never the labeled batches nor the number of steps: a comparison with and
+    without pseudo labels measures the pseudo labels, not a schedule. Global batch j goes to
+    rank ``j % world``; deterministic given ``seed`` and the epoch (call :meth:`set_epoch`, like
+    ``DistributedSampler``). Use as ``DataLoader(batch_sampler=...)``.
     """
 
     def __init__(
@@ -93,7 +93,7 @@ class MixedBatchSampler(Sampler[int]):
         num_pseudo: int,
         batch_size: int,
         *,
-        pseudo_fraction: float | None = None,
+        pseudo_per_batch: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
@@ -102,27 +102,16 @@ class MixedBatchSampler(Sampler[int]):
             raise ValueError("training needs at least one labeled image")
         self.num_labeled, self.num_pseudo = num_labeled, num_pseudo
         self.batch_size = batch_size
+        self.pseudo_per_batch = (batch_size if pseudo_per_batch is None else pseudo_per_batch) if num_pseudo else 0
         self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
         self.epoch = 0
-        if num_pseudo and pseudo_fraction is not None:
-            labeled_slots = (1.0 - pseudo_fraction) * batch_size * num_replicas
-            self.batches_per_rank = math.ceil(num_labeled / labeled_slots)
-        else:
-            self.batches_per_rank = math.ceil((num_labeled + num_pseudo) / (batch_size * num_replicas))
-        total = self.batches_per_rank * batch_size * num_replicas
-        if num_pseudo == 0:
-            n_pseudo = 0
-        elif pseudo_fraction is None:
-            n_pseudo = round(total * num_pseudo / (num_labeled + num_pseudo))
-        else:
-            n_pseudo = round(total * pseudo_fraction)
-        self.total, self.n_pseudo = total, min(max(n_pseudo, 0), total)
+        self.batches_per_rank = math.ceil(num_labeled / (batch_size * num_replicas))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.batches_per_rank * self.batch_size
+        return self.batches_per_rank
 
     @staticmethod
     def _draw(n: int, k: int, g: torch.Generator) -> list[int]:
@@ -131,20 +120,18 @@ class MixedBatchSampler(Sampler[int]):
             out.extend(torch.randperm(n, generator=g).tolist())
         return out[:k]
 
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        labeled = self._draw(self.num_labeled, self.total - self.n_pseudo, g)
-        pseudo = [self.num_labeled + i for i in self._draw(self.num_pseudo, self.n_pseudo, g)] if self.n_pseudo else []
+    def __iter__(self) -> Iterator[list[int]]:
         n_batches = self.batches_per_rank * self.num_replicas
-        bs, li, pi = self.batch_size, 0, 0
-        mine: list[int] = []
-        for j in range(n_batches):
-            k = (j + 1) * bs * self.n_pseudo // self.total - j * bs * self.n_pseudo // self.total
-            batch = labeled[li : li + bs - k] + pseudo[pi : pi + k]
-            li, pi = li + bs - k, pi + k
-            if j % self.num_replicas == self.rank:
-                mine.extend(batch)
-        return iter(mine)
+        bs, ps = self.batch_size, self.pseudo_per_batch
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        labeled = self._draw(self.num_labeled, n_batches * bs, g)
+        pseudo: list[int] = []
+        if ps:
+            # a stream of its own: the labeled draws above do not depend on the pseudo set
+            gp = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch + 1_000_000_007)
+            pseudo = [self.num_labeled + i for i in self._draw(self.num_pseudo, n_batches * ps, gp)]
+        for j in range(self.rank, n_batches, self.num_replicas):
+            yield labeled[j * bs : (j + 1) * bs] + pseudo[j * ps : (j + 1) * ps]
 
 
 def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
@@ -275,8 +262,11 @@ def train(
     Raises:
         NonFiniteLossError: a loss term became NaN/inf (the message lists all terms).
     """
-    from tsp_model.model import build_model
+    from tsp_model.model import build_model, resolve_norm
 
+    # the checkpoint records the norm actually built ("auto" resolved): load_model rebuilds it
+    # without the initial weights
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, norm=resolve_norm(config.model)))
     tc = config.train
     dist = dist or du.init_distributed(tc.device)
     device = dist.device
@@ -334,15 +324,14 @@ def train(
         len(labeled),
         len(parts[1]) if len(parts) > 1 else 0,
         tc.batch_size,
-        pseudo_fraction=tc.pseudo_fraction,
+        pseudo_per_batch=tc.pseudo_per_batch,
         num_replicas=dist.world_size,
         rank=dist.rank,
         seed=tc.seed,
     )
     loader = DataLoader(
         dataset,
-        batch_size=tc.batch_size,
-        sampler=sampler,
+        batch_sampler=sampler,
         num_workers=tc.workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
