@@ -22,8 +22,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY tsp_model ./tsp_model
-COPY backend ./backend
-COPY cli ./cli
+COPY tsp_labelstudio ./tsp_labelstudio
+COPY tsp_backend ./tsp_backend
+COPY tsp_cli ./tsp_cli
 # DL3013: "." is this project; its dependency ranges live in pyproject.toml
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[backend]" \

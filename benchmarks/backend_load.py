@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from tsp_cli.local_server import free_port
-from tsp_model.atomic import atomic_save, atomic_write_text
+from tsp_model.core.atomic import atomic_save, atomic_write_text
 
 CLASS_NAMES = ["epidural", "subdural", "intraparenchymal"]
 LABEL_CONFIG = (
@@ -47,9 +47,9 @@ STACK = ("flask", "werkzeug", "gunicorn", "jinja2", "itsdangerous", "label-studi
 def write_checkpoint(model_dir: Path, size: int, regions: int) -> None:
     import torch
 
-    from tsp_model.config import ModelConfig, TSPConfig
+    from tsp_model.core.config import ModelConfig, TSPConfig
     from tsp_model.engine.checkpoint import save_checkpoint
-    from tsp_model.model import build_model
+    from tsp_model.nn.model import build_model
 
     torch.manual_seed(0)
     cfg = TSPConfig(model=ModelConfig(backbone="tiny_fpn", min_size=size, max_size=size, box_score_thresh=0.0,

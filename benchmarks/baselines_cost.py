@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tsp_model.config import ModelConfig
-from tsp_model.dropout_heads import mc_dropout
-from tsp_model.embeddings import encode_embedding
+from tsp_model.core.config import ModelConfig
+from tsp_model.nn.dropout_heads import mc_dropout
+from tsp_model.engine.embeddings import encode_embedding
 from tsp_model.engine.predict import predict_images
-from tsp_model.model import build_model
-from tsp_model.records import ImageScore, InstanceScore
-from tsp_model.strategies import get_strategy
+from tsp_model.nn.model import build_model
+from tsp_model.core.records import ImageScore, InstanceScore
+from tsp_model.al.strategies import get_strategy
 
 NAMES = ["epidural", "subdural", "intraparenchymal"]
 

@@ -39,7 +39,7 @@ def _commit() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tsp_model.cycle import run_cycle
+    from tsp_model.al.cycle import run_cycle
     from tsp_model.engine.checkpoint import load_model
     from tsp_model.engine.predict import PoolDataset, predict_images
     from tsp_model.simulation.calibration import calibration

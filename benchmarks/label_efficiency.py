@@ -10,7 +10,7 @@ and picks sizes.
 
 Data sets:
 
-- ``phantom_series``: consecutive slices through simulated heads (tsp_model.data.phantom
+- ``phantom_series``: consecutive slices through simulated heads (tsp_model.synth.phantom
   ``generate_series``): the pool holds near-duplicates as real CT does. Pool and validation come
   from one set of heads (split by series), the test set from other heads (disjoint series ids).
 - ``phantoms``: independent phantom slices (no near-duplicates), pool and test from different
@@ -95,7 +95,7 @@ GPU_NOTE = ("gpu size, estimated and not measured (no GPU was lent when this was
 # --------------------------------------------------------------------------- data sets
 def phantom_series_data(size: dict[str, Any], cache: Path, seed: int = 0) -> tuple[Path, Path]:
     """(pool+validation COCO, test COCO) of phantom series; test heads never share an id."""
-    from tsp_model.data.phantom import generate_series
+    from tsp_model.synth.phantom import generate_series
 
     root = cache / "data" / f"phantom_series_{size['image_size']}px_s{size['series']}x{size['slices']}_seed{seed}"
     pool = root / "pool" / "annotations.json"
@@ -109,7 +109,7 @@ def phantom_series_data(size: dict[str, Any], cache: Path, seed: int = 0) -> tup
 
 
 def phantoms_data(size: dict[str, Any], cache: Path, seed: int = 0) -> tuple[Path, Path]:
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     root = cache / "data" / f"phantoms_{size['image_size']}px_seed{seed}"
     pool = root / f"pool_{size['pool']}" / "annotations.json"
@@ -210,7 +210,7 @@ def settings_for(dataset: str, size: str, regime: str, **overrides: Any):
 
 def source_checkpoint(dataset: str, size: str, cache: Path, device: str, threads: int | None) -> Path:
     """The warm-start source: a model trained on the OTHER data set's whole pool (cached)."""
-    from tsp_model.config import TSPConfig
+    from tsp_model.core.config import TSPConfig
     from tsp_model.data.coco import CocoInstanceDataset
     from tsp_model.engine.train import train
 

@@ -20,8 +20,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from tsp_model.config import ModelConfig
-from tsp_model.model import build_model, count_parameters
+from tsp_model.core.config import ModelConfig
+from tsp_model.nn.model import build_model, count_parameters
 
 
 def batch(size: int, n: int = 2, seed: int = 0):

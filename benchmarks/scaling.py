@@ -99,9 +99,9 @@ def slice_png(size: int, seed: int) -> bytes:
 
 def tiny_checkpoint(path: Path, version: str, config: Path) -> Path:
     """An untrained tiny_fpn checkpoint with deterministic detections, each with a non-empty mask."""
-    from tsp_model.config import load_config
+    from tsp_model.core.config import load_config
     from tsp_model.engine.checkpoint import save_checkpoint
-    from tsp_model.model import build_model
+    from tsp_model.nn.model import build_model
 
     torch.manual_seed(0)
     cfg = load_config(config)
@@ -135,7 +135,7 @@ def build_project(client, ls, n: int, labeled: int, size: int, old_version: str)
     ``old_version``. Returns ids and the setup's timings."""
     from label_studio_sdk.converter.brush import mask2rle
 
-    from tsp_cli.demo import label_config  # the quickstart's project: BrushLabels "lesion" on "image"
+    from tsp_cli.commands.demo import label_config  # the quickstart's project: BrushLabels "lesion" on "image"
 
     t0 = time.perf_counter()
     folder = ls.files_root / f"scale-{n}"
@@ -261,7 +261,7 @@ def plot(result: dict, path: Path) -> None:
     fig.suptitle(f"tsp-sync scaling on a local Label Studio (SQLite), {result['machine']['cpus']} CPUs, "
                  f"load {result['machine']['load_start']:.1f}-{result['machine']['load_end']:.1f}", fontsize=10)
     fig.tight_layout()
-    from tsp_model.atomic import atomic_save
+    from tsp_model.core.atomic import atomic_save
 
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     from label_studio_sdk import LabelStudio
 
     from tsp_cli.local_server import LocalLabelStudio
-    from tsp_model.atomic import atomic_write_text
+    from tsp_model.core.atomic import atomic_write_text
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="tsp-scaling-"))
     base.mkdir(parents=True, exist_ok=True)

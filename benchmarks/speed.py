@@ -6,7 +6,7 @@
 Sections (each a ratio of two measurements taken on the same device, batches and settings):
 
 * train: images/s of one SGD step of ``TSPMaskRCNN`` vs the plain torchvision ``MaskRCNN`` built
-  from the same config (``tsp_model.model.build_plain_maskrcnn``), interleaved A/B so that load
+  from the same config (``tsp_model.nn.model.build_plain_maskrcnn``), interleaved A/B so that load
   drift hits both. Target: TSP >= 0.9x.
 * score: images/s of ``score_pool`` (inference + c, b, m, s, S_i + RLE masks + JSON lines written)
   vs plain torchvision inference over the same DataLoader. Target: >= 0.9x.
@@ -35,10 +35,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tsp_model.config import ModelConfig, TSPConfig
+from tsp_model.core.config import ModelConfig, TSPConfig
 from tsp_model.engine.amp import autocast
 from tsp_model.engine.predict import PoolDataset, pool_collate, score_pool
-from tsp_model.model import build_model, build_plain_maskrcnn
+from tsp_model.nn.model import build_model, build_plain_maskrcnn
 
 CLASS_NAMES = ["epidural", "subdural", "intraparenchymal"]
 
@@ -92,7 +92,7 @@ def bench_train(cfg: ModelConfig, device: torch.device, batch: int, steps: int, 
 
 def write_pool(folder: Path, count: int, size: int) -> list[tuple[int, Path]]:
     """PNG slices from the project's phantom generator (real decoding work for the loader)."""
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     ann = generate_phantoms(folder, count=count, size=size, seed=0, lesion_rate=0.7, progress=False)
     data = json.loads(Path(ann).read_text())
@@ -150,8 +150,8 @@ def bench_score(cfg: ModelConfig, device: torch.device, pool: list, batch: int, 
 
 def bench_ddp(cfg: ModelConfig, procs: list[int], size: int, images: int, epochs: int, work: Path) -> dict:
     """torchrun training throughput on 1, 2, ... processes (same global data, same epochs)."""
-    from tsp_model.config import dump_toml
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.core.config import dump_toml
+    from tsp_model.synth.phantom import generate_phantoms
 
     ann = generate_phantoms(work / "ddp_data", count=images, size=size, seed=1, progress=False)
     out = {}

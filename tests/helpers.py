@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tsp_model.config import TSPConfig
+from tsp_model.core.config import TSPConfig
 
 CLASS_NAMES = ["box", "disk"]
 

@@ -53,9 +53,9 @@ def make_tiny_checkpoint(
     mtime: float | None = None,
 ) -> Path:
     """Write an untrained tiny_fpn checkpoint (arbitrary but deterministic detections)."""
-    from tsp_model.config import ActiveConfig, ModelConfig, TSPConfig
+    from tsp_model.core.config import ActiveConfig, ModelConfig, TSPConfig
     from tsp_model.engine.checkpoint import save_checkpoint
-    from tsp_model.model import build_model
+    from tsp_model.nn.model import build_model
 
     torch.manual_seed(seed)
     # an untrained model's c is about 1 / (classes + 1): score and show every detection, so tests

@@ -1,4 +1,4 @@
-"""tsp_model.atomic: the one place files are written atomically."""
+"""tsp_model.core.atomic: the one place files are written atomically."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from tsp_model.atomic import atomic_open, atomic_save, atomic_write_text
+from tsp_model.core.atomic import atomic_open, atomic_save, atomic_write_text
 
 
 def test_failure_leaves_the_old_file_and_no_temp(tmp_path):
@@ -45,7 +45,7 @@ def test_atomic_save_hands_a_hidden_temp_path_to_the_writer(tmp_path):
 def test_ctrl_c_during_a_write_lands_after_the_file_is_in_place(tmp_path):
     import signal
 
-    from tsp_model.atomic import sigint_deferred
+    from tsp_model.core.atomic import sigint_deferred
 
     # as in a terminal: a test run started in the background (nohup, CI job control) may have
     # inherited SIGINT ignored, and an ignored signal never becomes a KeyboardInterrupt

@@ -16,7 +16,7 @@ from tests.ls_fixtures import (
     make_tiny_checkpoint,
     write_png,
 )
-from tsp_backend.images import ImageSources
+from tsp_labelstudio.images import ImageSources
 from tsp_backend.server import create_app
 
 
@@ -163,7 +163,7 @@ def test_basic_auth(app_dir, monkeypatch):
 
 
 def test_image_fetcher_sends_a_legacy_token_as_token_header(tmp_path, monkeypatch):
-    from tsp_backend.images import ImageFetcher
+    from tsp_labelstudio.images import ImageFetcher
 
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)

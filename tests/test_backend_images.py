@@ -1,4 +1,4 @@
-"""The image-source allow-list (tsp_backend.images.ImageSources), case by case, without a network.
+"""The image-source allow-list (tsp_labelstudio.images.ImageSources), case by case, without a network.
 
 The same rules against a real backend process, Label Studio and HTTP servers are in
 tests/test_backend_security.py.
@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.ls_fixtures import write_png
-from tsp_backend.images import ImageFetcher, ImageFetchError, ImageSources, SourceRefusedError
+from tsp_labelstudio.images import ImageFetcher, ImageFetchError, ImageSources, SourceRefusedError
 
 LS = "http://ls.example:8080"
 FILES = "https://files.example/slices/"

@@ -58,7 +58,7 @@ def _local_expected(backend, image: bytes, config: str):
     from pycocotools import mask as mask_utils
 
     from tsp_backend.model import CheckpointWatcher, infer_record
-    from tsp_backend.regions import parse_label_config, prediction_for_task
+    from tsp_labelstudio.regions import parse_label_config, prediction_for_task
     from tsp_model.data.image_io import read_image
 
     loaded = CheckpointWatcher.for_dir(backend["model_dir"], device="cpu").current()
@@ -172,7 +172,7 @@ def test_wrong_label_config(label_studio, ls_client, tsp_backend_server, config,
 
 
 def test_bad_token_is_a_clear_error(label_studio, ls_client):
-    from tsp_backend.images import ImageFetcher, ImageFetchError
+    from tsp_labelstudio.images import ImageFetcher, ImageFetchError
 
     project = ls_client.projects.create(title="token", label_config=BRUSH_CONFIG)
     _upload(label_studio, ls_client, project.id, "t.png", png_bytes(64, seed=6))

@@ -1,4 +1,4 @@
-"""Credentials are masked in every log record (tsp_backend.redact), whatever logged them."""
+"""Credentials are masked in every log record (tsp_labelstudio.redact), whatever logged them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tsp_backend.redact import MASK, RedactingFilter, install, secrets_from_env
+from tsp_labelstudio.redact import MASK, RedactingFilter, install, secrets_from_env
 
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2lnbmF0dXJl"
 LEGACY = "0123456789abcdef0123456789abcdef01234567"

@@ -5,8 +5,8 @@ import pytest
 from label_studio_sdk.converter.brush import decode_rle
 from pycocotools import mask as mask_utils
 
-from tsp_backend.regions import LabelConfigError, meta_text, parse_label_config, prediction_for_task
-from tsp_model.records import ImageScore, InstanceScore
+from tsp_labelstudio.regions import LabelConfigError, meta_text, parse_label_config, prediction_for_task
+from tsp_model.core.records import ImageScore, InstanceScore
 
 BRUSH = """<View><Image name="ct" value="$image"/>
 <BrushLabels name="lesion" toName="ct"><Label value="epidural"/><Label value="subdural"/></BrushLabels></View>"""

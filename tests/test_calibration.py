@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from tsp_model.records import ImageScore, InstanceScore
+from tsp_model.core.records import ImageScore, InstanceScore
 from tsp_model.simulation.calibration import calibration, detection_truth, spearman
 
 H = W = 20

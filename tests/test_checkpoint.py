@@ -98,9 +98,9 @@ def test_load_model_does_not_need_the_pretrained_file(tmp_path):
     """A checkpoint trained from local pretrained weights loads where that file is gone."""
     import torch
 
-    from tsp_model.config import ModelConfig, TSPConfig
+    from tsp_model.core.config import ModelConfig, TSPConfig
     from tsp_model.engine.checkpoint import load_model, save_checkpoint
-    from tsp_model.model import build_model
+    from tsp_model.nn.model import build_model
 
     init = tmp_path / "init.pt"
     cfg = ModelConfig(backbone="tiny_fpn", min_size=64, max_size=64)

@@ -80,7 +80,7 @@ def brush_results(coco: dict, image_id: int, from_name: str = "lesion", to_name:
 
 def build_project(client, files_root: Path, work: Path, title: str = "ICH sync") -> dict:
     """Generate phantoms, serve them as local files, create and partly annotate the project."""
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     src = generate_phantoms(work / "phantoms", N_IMAGES, size=SIZE, seed=11, lesion_rate=0.7, progress=False)
     coco = json.loads(src.read_text())
@@ -172,7 +172,7 @@ def test_cycle_pushes_one_current_prediction_per_unlabeled_task(ich, cycled, ls_
     assert snap["labeled"] == N_ANNOTATED and snap["pool"] == N_IMAGES - N_ANNOTATED
     assert "model_version" in cycled.output and "top of queue" in cycled.output
 
-    from tsp_model.records import read_jsonl
+    from tsp_model.core.records import read_jsonl
 
     S = {int(r.image_id): r.S for r in read_jsonl(state["last_score"]["scores"])}
     preds = current_predictions(ls_client, ich["project_id"])
@@ -195,7 +195,7 @@ def test_cycle_pushes_one_current_prediction_per_unlabeled_task(ich, cycled, ls_
 
 def test_next_serves_lowest_score_of_the_least_labeled_cluster(ich, cycled, label_studio, ls_client):
     """The token's user labeled the first batch: Label Studio serves them the lowest S_i among the
-    clusters where they labeled fewest (tsp_model.diversity.cluster_round_robin's first pick)."""
+    clusters where they labeled fewest (tsp_model.al.diversity.cluster_round_robin's first pick)."""
     from collections import Counter
 
     preds = current_predictions(ls_client, ich["project_id"])
@@ -263,7 +263,7 @@ def test_interrupted_push_keeps_old_predictions_and_resumes(ich, cycled, ls_clie
 
 
 def test_interrupted_pull_keeps_previous_snapshot(ich, cycled, ls_client, monkeypatch):
-    import tsp_cli.pull as pull_mod
+    import tsp_cli.commands.pull as pull_mod
 
     work = ich["work"] / "work"
     before_latest = (work / "snapshots" / "latest").read_text()

@@ -22,7 +22,7 @@ from tsp_cli.priority import (
     split_queue_version,
 )
 from tsp_cli.settings import ProjectSettings
-from tsp_model.config import ConfigError
+from tsp_model.core.config import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def project(tmp_path: Path):
 
 
 def _target():
-    from tsp_backend.regions import parse_label_config
+    from tsp_labelstudio.regions import parse_label_config
 
     return parse_label_config(BRUSH_CONFIG, class_names=CLASS_NAMES)
 
@@ -61,7 +61,7 @@ def test_queue_version_round_trip() -> None:
 
 
 def test_tsp_pushes_S_unchanged(project) -> None:
-    from tsp_backend.regions import prediction_for_task
+    from tsp_labelstudio.regions import prediction_for_task
 
     wd, snap, ckpt = project
     q = pool_queue(wd, snap, ckpt, _settings(wd).train_config(), progress=False)
@@ -82,7 +82,7 @@ def test_tsp_pushes_S_unchanged(project) -> None:
 
 
 def test_class_entropy_scores_follow_mean_entropy(project) -> None:
-    from tsp_backend.regions import prediction_for_task
+    from tsp_labelstudio.regions import prediction_for_task
 
     wd, snap, ckpt = project
     q = pool_queue(wd, snap, ckpt, _settings(wd, strategy="class_entropy").train_config(), progress=False)
@@ -119,8 +119,8 @@ def test_random_is_reproducible_per_snapshot(project) -> None:
 
 
 def test_core_set_rescores_without_embeddings_and_scores_labeled_once(project) -> None:
-    from tsp_model.records import read_jsonl
-    from tsp_model.strategies import priority_scores
+    from tsp_model.core.records import read_jsonl
+    from tsp_model.al.strategies import priority_scores
 
     wd, snap, ckpt = project
     # tsp without clusters needs no embeddings
@@ -154,8 +154,8 @@ def test_clusters_none_pushes_no_cluster_and_no_labeled_predictions(project) -> 
 
 def test_series_clusters_follow_the_dicom_series_of_each_task() -> None:
     from tsp_cli.priority import queue_clusters
-    from tsp_model.config import TSPConfig
-    from tsp_model.records import ImageScore
+    from tsp_model.core.config import TSPConfig
+    from tsp_model.core.records import ImageScore
 
     cfg = TSPConfig()
     cfg.active.cluster_source = "series"
@@ -169,9 +169,9 @@ def test_series_clusters_follow_the_dicom_series_of_each_task() -> None:
 def _checkpoint_with(model_dir: Path, **model) -> Path:
     import torch
 
-    from tsp_model.config import ModelConfig, TSPConfig
+    from tsp_model.core.config import ModelConfig, TSPConfig
     from tsp_model.engine.checkpoint import save_checkpoint
-    from tsp_model.model import build_model
+    from tsp_model.nn.model import build_model
 
     torch.manual_seed(0)
     cfg = TSPConfig(model=ModelConfig(backbone="tiny_fpn", min_size=64, max_size=64, box_score_thresh=0.0,
@@ -219,7 +219,7 @@ def test_unknown_strategy_names_the_key(project) -> None:
 
 
 def test_status_names_the_strategy_that_ordered_the_queue(tmp_path: Path) -> None:
-    from tsp_cli.status import format_status
+    from tsp_cli.commands.status import format_status
 
     ce = f"{VERSION}+class_entropy"
     info = {"project": "t", "workdir": str(tmp_path), "snapshot": None, "counts": {}, "models": [],

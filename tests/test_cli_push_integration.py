@@ -144,8 +144,8 @@ def test_interrupted_push_of_several_batches_resumes(big, ls_client, monkeypatch
 
 
 def test_interrupted_clean_up_and_stray_duplicates_are_finished_by_a_rerun(big, ls_client, monkeypatch):
-    import tsp_cli.score as score_mod
-    from tsp_model.records import read_jsonl
+    import tsp_cli.commands.score as score_mod
+    from tsp_model.core.records import read_jsonl
 
     v3 = new_model(big, "tsp-push-v3")
 
@@ -174,7 +174,7 @@ def test_interrupted_clean_up_and_stray_duplicates_are_finished_by_a_rerun(big, 
 
 
 def test_score_with_two_gloo_processes_writes_the_same_S_as_one(big, ls_client):
-    from tsp_model.records import read_jsonl
+    from tsp_model.core.records import read_jsonl
 
     version = new_model(big, "tsp-push-gpus")
     two = run(big, "score", "--project", "ich", "--gpus", "2")
@@ -289,7 +289,7 @@ def test_listing_retries_503_and_reset_connections(big, flaky, label_studio):
 
 def test_import_is_not_retried_and_a_rerun_completes_it(big, flaky, label_studio, ls_client):
     from tsp_cli.client import LSProject, SyncError
-    from tsp_cli.score import push_predictions
+    from tsp_cli.commands.score import push_predictions
 
     client = _client_through(flaky, label_studio.token)
     project = ls_client.projects.create(title="flaky push", label_config=BRUSH_CONFIG)
@@ -316,7 +316,7 @@ def test_push_replaces_on_strategy_change_and_rank_moves(label_studio, ls_client
     """The same model under another strategy, and the same strategy on a new snapshot whose ranks
     moved: every task ends with exactly the new score."""
     from tsp_cli.client import LSProject, connect
-    from tsp_cli.score import push_predictions
+    from tsp_cli.commands.score import push_predictions
     from tsp_cli.settings import Secrets
 
     project = ls_client.projects.create(title="strategy switch", label_config=BRUSH_CONFIG)

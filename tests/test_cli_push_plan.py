@@ -1,6 +1,6 @@
-"""What a push keeps and deletes (``tsp_cli.score.CurrentPredictions``), without a server."""
+"""What a push keeps and deletes (``tsp_cli.commands.score.CurrentPredictions``), without a server."""
 
-from tsp_cli.score import CurrentPredictions
+from tsp_cli.commands.score import CurrentPredictions
 
 
 def test_the_last_claim_of_a_task_decides():

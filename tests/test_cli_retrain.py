@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.ls_fixtures import CLASS_NAMES, make_tiny_checkpoint
-from tsp_cli.retrain import retrain
+from tsp_cli.commands.retrain import retrain
 from tsp_cli.settings import ProjectSettings
 from tsp_cli.workdir import Workdir, atomic_write_json
 
@@ -33,7 +33,7 @@ OVERRIDES = {
 def make_snapshot(root: Path, labeled: int = 3, total: int = 6) -> Workdir:
     """A snapshot as `tsp-sync pull` writes it, from generated phantoms (image id = task id)."""
     from tsp_model.data.coco import write_coco
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     src = generate_phantoms(root / "phantoms", total, size=64, seed=5, lesion_rate=1.0, progress=False)
     coco = json.loads(src.read_text())

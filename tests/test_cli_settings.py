@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from pycocotools import mask as mask_utils
 
 from tsp_cli.client import SyncError
-from tsp_cli.pull import choose_annotation, region_to_rle
-from tsp_cli.retrain import holdout_split, pseudo_counts
+from tsp_cli.commands.pull import choose_annotation, region_to_rle
+from tsp_cli.commands.retrain import holdout_split, pseudo_counts
 from tsp_cli.settings import ConfigError, find_settings_file, load_secrets, load_settings, select_project
 from tsp_cli.workdir import Workdir, atomic_write_json
 
@@ -185,7 +185,7 @@ def test_holdout_split_is_stable_and_non_empty() -> None:
 
 
 def test_pseudo_counts_follow_the_thresholds() -> None:
-    from tsp_model.records import ImageScore, InstanceScore
+    from tsp_model.core.records import ImageScore, InstanceScore
 
     rle = {"size": [4, 4], "counts": "0"}
 
@@ -230,7 +230,7 @@ def test_latest_snapshot_pointer_and_temporaries(tmp_path: Path) -> None:
 
 
 def test_format_table_and_status_text(tmp_path: Path) -> None:
-    from tsp_cli.cycle import format_table
+    from tsp_cli.commands.cycle import format_table
 
     summary = {"snapshot": 3, "labeled": 10, "instances": 14, "empty": 4, "pool": 90, "pseudo_images": 5,
                "pseudo_instances": 7, "model_version": "tsp-x", "metrics": {"segm_ap50": 0.4567}, "holdout": 3,

@@ -30,7 +30,7 @@ def entropy_project(label_studio, ls_client, tmp_path_factory):
 
 
 def test_class_entropy_orders_the_queue(entropy_project, label_studio, ls_client):
-    from tsp_model.records import read_jsonl
+    from tsp_model.core.records import read_jsonl
 
     info = entropy_project
     result = run_cli(info, "cycle", "--project", "ich")

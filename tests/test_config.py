@@ -2,7 +2,7 @@
 
 import pytest
 
-from tsp_model.config import (
+from tsp_model.core.config import (
     ConfigError,
     TrainConfig,
     TSPConfig,

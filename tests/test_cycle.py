@@ -3,10 +3,10 @@
 import pytest
 
 from helpers import tiny_config, write_tiny_coco
-from tsp_model.cycle import run_cycle
+from tsp_model.al.cycle import run_cycle
 from tsp_model.data.coco import CocoInstanceDataset
 from tsp_model.engine.checkpoint import load_checkpoint
-from tsp_model.records import read_jsonl
+from tsp_model.core.records import read_jsonl
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ def test_bare_dataset_without_preamble_is_read(tmp_path: Path) -> None:
 
 
 def test_phantom_slice_as_dicom_round_trips_byte_identical(tmp_path: Path) -> None:
-    from tsp_model.data.phantom import render_slice, window
+    from tsp_model.synth.phantom import render_slice, window
 
     ps = render_slice(np.random.default_rng(1), 64, 1)
     hu = np.round(ps.hu).astype(np.int32)

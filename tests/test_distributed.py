@@ -7,9 +7,9 @@ import textwrap
 import time
 
 from helpers import tiny_config, write_tiny_coco
-from tsp_model.config import dump_toml
+from tsp_model.core.config import dump_toml
 from tsp_model.engine.checkpoint import load_checkpoint
-from tsp_model.records import read_jsonl
+from tsp_model.core.records import read_jsonl
 
 SCRIPT = textwrap.dedent(
     """

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tsp_model.config import ActiveConfig
-from tsp_model.diversity import cluster_count, cluster_round_robin, typicality, typiclust_first_batch
-from tsp_model.records import ImageScore
-from tsp_model.strategies import get_strategy
+from tsp_model.core.config import ActiveConfig
+from tsp_model.al.diversity import cluster_count, cluster_round_robin, typicality, typiclust_first_batch
+from tsp_model.core.records import ImageScore
+from tsp_model.al.strategies import get_strategy
 
 
 def test_cluster_round_robin_serves_the_least_labeled_cluster_lowest_score_first():
@@ -65,8 +65,8 @@ def test_typicality_and_typiclust_pick_the_densest_point_of_each_cluster():
 
 
 def test_thumbnail_embeddings_need_no_labels(tmp_path):
-    from tsp_model.data.phantom import generate_series
-    from tsp_model.diversity import thumbnail_embeddings
+    from tsp_model.synth.phantom import generate_series
+    from tsp_model.al.diversity import thumbnail_embeddings
 
     ann = generate_series(tmp_path, 3, slices=4, size=48, seed=2, progress=False)
     paths = sorted((tmp_path / "images").glob("*.png"))

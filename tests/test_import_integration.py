@@ -10,7 +10,7 @@ from PIL import Image
 
 from tests.dicom_helpers import IDENTIFYING, write_ct
 from tests.ls_fixtures import BRUSH_CONFIG
-from tsp_cli.importer import ensure_local_storage, image_url, import_images
+from tsp_cli.commands.importer import ensure_local_storage, image_url, import_images
 from tsp_model.data.slices import export_slices
 
 pytestmark = pytest.mark.integration

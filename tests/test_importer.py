@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.dicom_helpers import IDENTIFYING, write_ct
-from tsp_cli.importer import SliceURLError, image_url, import_images
+from tsp_cli.commands.importer import SliceURLError, image_url, import_images
 from tsp_model.data.slices import export_slices
 
 
@@ -84,7 +84,7 @@ def _obj(workdir: Path, client: FakeLS) -> SimpleNamespace:
 def test_import_command_end_to_end_with_fake_server(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from tsp_cli.importer import import_command
+    from tsp_cli.commands.importer import import_command
 
     write_ct(tmp_path / "a.dcm")
     client = FakeLS()
@@ -105,7 +105,7 @@ def test_import_command_compressed_is_one_line_error(tmp_path: Path) -> None:
     from pydicom.pixels import get_decoder
     from pydicom.uid import JPEGLosslessSV1
 
-    from tsp_cli.importer import import_command
+    from tsp_cli.commands.importer import import_command
 
     if get_decoder(JPEGLosslessSV1).is_available:
         pytest.skip("a JPEG Lossless decoder is installed")
@@ -118,7 +118,7 @@ def test_import_command_compressed_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_window_choices_match_the_presets() -> None:
-    from tsp_cli.importer import import_command
+    from tsp_cli.commands.importer import import_command
     from tsp_model.data.dicom import WINDOWS
 
     (opt,) = [p for p in import_command.params if p.name == "window"]
@@ -126,7 +126,7 @@ def test_window_choices_match_the_presets() -> None:
 
 
 def test_url_prefix_must_be_an_allowed_image_source(monkeypatch) -> None:
-    from tsp_cli.importer import check_url_prefix_allowed
+    from tsp_cli.commands.importer import check_url_prefix_allowed
 
     monkeypatch.delenv("TSP_ALLOWED_URL_PREFIXES", raising=False)
     with pytest.raises(SliceURLError, match="TSP_ALLOWED_URL_PREFIXES") as info:

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import write_tiny_coco
 from tsp_model.data.coco import CocoInstanceDataset
-from tsp_model.records import ImageScore, InstanceScore
+from tsp_model.core.records import ImageScore, InstanceScore
 from tsp_model.simulation import Oracle, parse_arms, pseudo_label_precision
 from tsp_model.simulation.results import labels_to_fraction_of_full
 
@@ -93,7 +93,7 @@ def test_parse_arms_flags_and_unknown_strategy():
 @pytest.mark.parametrize("dataset", ["phantom_series", "phantoms", "nuclei"])
 @pytest.mark.parametrize("regime", ["scratch", "warm"])
 def test_presets_are_valid(size, dataset, regime):
-    from tsp_model.config import TSPConfig
+    from tsp_model.core.config import TSPConfig
     from tsp_model.simulation.settings import model_overrides
 
     s = le.settings_for(dataset, size, regime)

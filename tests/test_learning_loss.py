@@ -7,7 +7,7 @@ import torch
 
 from test_model import LOSS_KEYS, losses_of, make_images, make_target, tiny_model
 from tsp_model.engine.predict import predict_images
-from tsp_model.learning_loss import LossPredictionModule, loss_ranking_loss, memory_ranking_loss, per_image_losses
+from tsp_model.nn.learning_loss import LossPredictionModule, loss_ranking_loss, memory_ranking_loss, per_image_losses
 
 
 def _features(batch=3, channels=8):

@@ -9,10 +9,10 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
 
 from test_model import make_images, tiny_model
-from tsp_model.dropout_heads import DropoutMaskRCNNHeads, DropoutTwoMLPHead, has_mc_dropout, mc_dropout
-from tsp_model.embeddings import decode_embedding
+from tsp_model.nn.dropout_heads import DropoutMaskRCNNHeads, DropoutTwoMLPHead, has_mc_dropout, mc_dropout
+from tsp_model.engine.embeddings import decode_embedding
 from tsp_model.engine.predict import predict_images
-from tsp_model.mc_dropout import mc_head_passes
+from tsp_model.engine.mc_dropout import mc_head_passes
 
 NAMES = ["a", "b", "c"]
 
@@ -107,7 +107,7 @@ def test_predict_with_mc_passes_and_embeddings_keeps_the_detections():
 
 
 def test_embedding_ignores_padding():
-    from tsp_model.embeddings import pooled_embeddings
+    from tsp_model.engine.embeddings import pooled_embeddings
 
     fmap = torch.zeros(2, 1, 4, 4)
     fmap[:, :, :2, :2] = 1.0  # image 1 covers the top-left quarter of the padded batch

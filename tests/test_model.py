@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tsp_model import TSPMaskRCNN
-from tsp_model.config import ModelConfig
-from tsp_model.model import WeightsNotFoundError, build_backbone, build_model, count_parameters
+from tsp_model.core.config import ModelConfig
+from tsp_model.nn.model import WeightsNotFoundError, build_backbone, build_model, count_parameters
 import math
 
-from tsp_model.roi_heads import (
+from tsp_model.nn.roi_heads import (
     mask_area_ratios,
     mask_iou_targets,
     paired_box_iou,
@@ -258,7 +258,7 @@ def test_mask_iou_target_counts_the_lesion_outside_the_roi():
 def test_mask_iou_targets_in_training_see_the_whole_lesion():
     """In the training forward, a positive RoI that truncates a lesion gets a target below the
     in-box IoU: the same lesion seen through the cropped ground truth would score 1.0."""
-    import tsp_model.roi_heads as rh
+    import tsp_model.nn.roi_heads as rh
 
     model = tiny_model(seed=0)
     model.train()
@@ -307,7 +307,7 @@ def test_box_iou_target_is_computed_in_fp32_under_autocast():
 
 
 def test_box_iou_target_in_the_training_forward_under_bf16_autocast():
-    import tsp_model.roi_heads as rh
+    import tsp_model.nn.roi_heads as rh
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="tiny_fpn", min_size=512, max_size=512), num_classes=3)
@@ -450,7 +450,7 @@ def test_b_is_read_on_the_features_of_the_proposal_the_detection_came_from():
 def test_norm_auto_is_groupnorm_from_scratch_and_frozen_batchnorm_from_batchnorm_weights(tmp_path):
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from tsp_model.model import resolve_norm
+    from tsp_model.nn.model import resolve_norm
 
     assert ModelConfig().norm == "auto"
     assert resolve_norm(ModelConfig(backbone="tiny_fpn")) == "group"

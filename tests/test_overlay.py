@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tsp_model.overlay import class_color, load_image_from, outline, render_overlay, write_overlay_index
-from tsp_model.records import ImageScore, InstanceScore
+from tsp_model.viz.overlay import class_color, load_image_from, outline, render_overlay, write_overlay_index
+from tsp_model.core.records import ImageScore, InstanceScore
 
 
 def square_rle(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> dict:

@@ -18,10 +18,11 @@ def test_no_top_level_backend_or_cli_packages():
     import tsp_backend
     import tsp_cli
 
-    assert Path(tsp_backend.__file__).parent.name == "backend"
-    assert Path(tsp_cli.__file__).parent.name == "cli"
+    assert Path(tsp_backend.__file__).parent.name == "tsp_backend"
+    assert Path(tsp_cli.__file__).parent.name == "tsp_cli"
     top = (importlib.metadata.distribution("tsp-al").read_text("top_level.txt") or "").split()
     assert "backend" not in top and "cli" not in top
+    assert set(top) <= {"tsp_model", "tsp_labelstudio", "tsp_backend", "tsp_cli"}, top
 
 
 def test_console_scripts_are_installed():
@@ -89,7 +90,7 @@ def _base_install_modules() -> set[str]:
                 todo.append((req.name, frozenset(req.extras)))
     modules = {m for m, dists in importlib.metadata.packages_distributions().items()
                if any(canonicalize_name(d) in seen for d in dists)}
-    return modules | {"tsp_model", "tsp_backend", "tsp_cli"}
+    return modules | {"tsp_model", "tsp_labelstudio", "tsp_backend", "tsp_cli"}
 
 
 def test_tsp_sync_works_with_the_base_dependencies_only(tmp_path):

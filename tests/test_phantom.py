@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from tsp_model.data.coco import CocoInstanceDataset
-from tsp_model.data.phantom import CLASS_NAMES, main, render_slice, window
+from tsp_model.synth.phantom import CLASS_NAMES, main, render_slice, window
 
 
 def _files(root):
@@ -18,7 +18,7 @@ def _files(root):
 
 
 def test_same_seed_gives_identical_bytes(tmp_path):
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     a = generate_phantoms(tmp_path / "a", 4, size=64, seed=3, progress=False)
     b = generate_phantoms(tmp_path / "b", 4, size=64, seed=3, progress=False)
@@ -30,7 +30,7 @@ def test_same_seed_gives_identical_bytes(tmp_path):
 
 
 def test_lesion_rate_and_masks(tmp_path):
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     ann = generate_phantoms(tmp_path, 50, size=64, seed=0, lesion_rate=0.7, progress=False)
     coco = COCO(str(ann))
@@ -72,7 +72,7 @@ def test_lesions_are_brighter_than_brain_and_darker_than_bone():
 
 
 def test_dataset_reads_phantoms_back(tmp_path):
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     ann = generate_phantoms(tmp_path, 6, size=64, seed=1, lesion_rate=0.5, progress=False)
     ds = CocoInstanceDataset(ann)  # file_name is relative to the json's folder
@@ -98,14 +98,14 @@ def test_cli_and_argument_checks(tmp_path):
     assert len(json.loads((tmp_path / "o" / "annotations.json").read_text())["images"]) == 2
     bad = CliRunner().invoke(main, [str(tmp_path / "p"), "--lesion-rate", "2"])
     assert bad.exit_code != 0 and "lesion-rate" in bad.output
-    from tsp_model.data.phantom import generate_phantoms
+    from tsp_model.synth.phantom import generate_phantoms
 
     with pytest.raises(ValueError, match="size"):
         generate_phantoms(tmp_path / "q", 1, size=16)
 
 
 def test_series_are_consecutive_slices_of_one_head_with_growing_and_shrinking_lesions(tmp_path):
-    from tsp_model.data.phantom import generate_series
+    from tsp_model.synth.phantom import generate_series
 
     a = generate_series(tmp_path / "a", 4, slices=8, size=64, seed=5, progress=False)
     b = generate_series(tmp_path / "b", 4, slices=8, size=64, seed=5, progress=False)
@@ -127,7 +127,7 @@ def test_series_are_consecutive_slices_of_one_head_with_growing_and_shrinking_le
 
 
 def test_a_series_lesion_grows_and_shrinks_from_slice_to_slice():
-    from tsp_model.data.phantom import render_series
+    from tsp_model.synth.phantom import render_series
 
     for seed in range(4):
         areas = [sum(int(m.sum()) for _, m in sl.lesions) for sl in render_series([seed, 7], 64, 12, n_lesions=1)]
@@ -141,7 +141,7 @@ def test_a_series_lesion_grows_and_shrinks_from_slice_to_slice():
 
 
 def test_series_test_sets_never_share_a_head_with_the_pool(tmp_path):
-    from tsp_model.data.phantom import generate_series
+    from tsp_model.synth.phantom import generate_series
 
     pool = generate_series(tmp_path / "p", 3, slices=2, size=48, seed=0, progress=False)
     test = generate_series(tmp_path / "t", 2, slices=2, size=48, seed=0, first_series=100, progress=False)

@@ -10,10 +10,10 @@ from pycocotools import mask as mask_utils
 from pathlib import Path
 
 from helpers import CLASS_NAMES, tiny_config, write_tiny_coco
-from tsp_model.config import ActiveConfig
+from tsp_model.core.config import ActiveConfig
 from tsp_model.engine.predict import PoolDataset, predict_images, score_pool
-from tsp_model.model import build_model
-from tsp_model.records import read_jsonl
+from tsp_model.nn.model import build_model
+from tsp_model.core.records import read_jsonl
 
 
 class _Fixed(torch.nn.Module):
@@ -109,9 +109,9 @@ def test_large_slice_masks_do_not_need_full_size_pastes_at_once(tmp_path):
         import resource, sys, torch
         sys.path.insert(0, %r)
         from helpers import CLASS_NAMES
-        from tsp_model.config import ActiveConfig, ModelConfig
+        from tsp_model.core.config import ActiveConfig, ModelConfig
         from tsp_model.engine.predict import predict_images
-        from tsp_model.model import build_model
+        from tsp_model.nn.model import build_model
         torch.manual_seed(0)
         model = build_model(ModelConfig(backbone="tiny_fpn", min_size=64, max_size=64, box_score_thresh=0.0,
                                         box_detections_per_img=100), len(CLASS_NAMES) + 1)
@@ -167,8 +167,8 @@ def test_masks_are_binarized_at_the_threshold_m_was_trained_with(threshold, show
     """Issue 23: m is the IoU of the mask binarized at model.mask_threshold, so the masks shown,
     pseudo-labeled and evaluated are binarized there too. Every mask probability is 0.4 here:
     at 0.3 each detection's mask covers its box, at 0.5 it is empty."""
-    from tsp_model.config import ModelConfig
-    from tsp_model.roi_heads import mask_threshold_of
+    from tsp_model.core.config import ModelConfig
+    from tsp_model.nn.roi_heads import mask_threshold_of
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone="tiny_fpn", min_size=64, max_size=64, box_score_thresh=0.0,

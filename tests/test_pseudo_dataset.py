@@ -7,7 +7,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tsp_model.data.pseudo import PseudoLabelDataset
-from tsp_model.records import ImageScore, InstanceScore
+from tsp_model.core.records import ImageScore, InstanceScore
 
 H, W = 12, 10
 CLASSES = ["epidural", "subdural", "intraparenchymal"]

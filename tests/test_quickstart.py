@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tsp_cli.demo import DemoOptions, format_queue, label_config, run_demo
+from tsp_cli.commands.demo import DemoOptions, format_queue, label_config, run_demo
 from tsp_cli.local_server import VERIFY_USER, free_port
 
 pytestmark = pytest.mark.integration
@@ -165,7 +165,7 @@ def test_second_run_labels_what_the_queue_serves_then_learns(demo_run, label_stu
         assert _lowest_of_its_cluster(task, remaining, S1, clusters1), (task, served, S1)
         remaining.discard(task)
     # a second point on the learning curve
-    from tsp_cli.review import read_cycles
+    from tsp_cli.commands.review import read_cycles
 
     assert [c["labeled"] for c in read_cycles(opts.root / "work")] == [FIRST, FIRST + B]
     assert second["summary"]["labeled"] == FIRST + B
@@ -182,7 +182,7 @@ def test_check_as_a_labeling_user_leaves_their_lock_alone(demo_run, ls_client):
     # the token's user (the printed login) holds a lock since the last test: a task open in their
     # stream; a check as that user must not take it from them
     from tsp_cli.client import get_json
-    from tsp_cli.reorder import verify_next
+    from tsp_cli.commands.reorder import verify_next
 
     _, result, _ = demo_run
     pid = result["project_id"]

@@ -50,7 +50,7 @@ def test_second_run_right_after_the_first(tmp_path):
     assert "is in use" not in second.stderr
     assert f"labeled slices: 0 -> {FIRST}" in first.stdout
     assert f"labeled slices: {FIRST} -> {FIRST + B}" in second.stdout  # a second cycle, on more labels
-    from tsp_cli.review import read_cycles
+    from tsp_cli.commands.review import read_cycles
 
     assert [c["labeled"] for c in read_cycles(root / "work")] == [FIRST, FIRST + B]
     # the printed status command works pasted into a fresh shell (no virtualenv on PATH)

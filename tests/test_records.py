@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tsp_model.records import ImageScore, InstanceScore, RecordError, read_jsonl, write_jsonl
+from tsp_model.core.records import ImageScore, InstanceScore, RecordError, read_jsonl, write_jsonl
 
 
 def _inst(s=0.4696466863948485, mask=None):
@@ -117,8 +117,8 @@ def test_read_missing_file(tmp_path):
 
 
 def test_rescore_recomputes_S_from_the_stored_detections_without_inference():
-    from tsp_model.config import ActiveConfig
-    from tsp_model.records import rescore
+    from tsp_model.core.config import ActiveConfig
+    from tsp_model.core.records import rescore
 
     inst = lambda c, s: InstanceScore(label=1, category="a", box=[0, 0, 1, 1], c=c, b=c, m=c, s=s)  # noqa: E731
     recs = [ImageScore(1, "a.png", 4, 4, S=0.0, instances=[inst(0.9, 0.9), inst(0.3, 0.3)]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tsp_cli.reorder import _view_payload
+from tsp_cli.commands.reorder import _view_payload
 
 # what /api/dm/columns lists for the demo project, keyed as views name them
 COLUMNS = [("tasks:data.image", "Image"), ("tasks:data.source_name", "Unknown"), ("tasks:id", "Number"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tsp_model.report import plot_learning_curve, plot_score_histograms
+from tsp_model.viz.report import plot_learning_curve, plot_score_histograms
 
 
 def test_learning_curve_png(tmp_path: Path) -> None:
@@ -49,8 +49,8 @@ def _annotations(ax) -> list:
 
 
 def test_learning_curve_two_cycles_is_readable() -> None:
-    from tsp_cli.review import curve_title
-    from tsp_model.report import learning_curve_figure
+    from tsp_cli.commands.review import curve_title
+    from tsp_model.viz.report import learning_curve_figure
 
     cycles = [{"cycle": 1, "labeled": 20, "pseudo_images": 3, "map50": 0.31},
               {"cycle": 2, "labeled": 30, "pseudo_images": 8, "map50": 0.42}]
@@ -64,7 +64,7 @@ def test_learning_curve_two_cycles_is_readable() -> None:
 
 
 def test_learning_curve_labels_of_shared_counts_do_not_overprint() -> None:
-    from tsp_model.report import learning_curve_figure
+    from tsp_model.viz.report import learning_curve_figure
 
     # three cycles on the same 20 labels: 1 and 3 at the same point, 2 just above
     cycles = [{"cycle": 1, "labeled": 20, "map50": 0.30}, {"cycle": 2, "labeled": 20, "map50": 0.33},

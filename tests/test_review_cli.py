@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.test_overlay import record
-from tsp_cli.review import overlay_command, read_cycles, record_cycle, report_command
-from tsp_model.records import write_jsonl
+from tsp_cli.commands.review import overlay_command, read_cycles, record_cycle, report_command
+from tsp_model.core.records import write_jsonl
 
 
 def make_workdir(root: Path) -> Path:

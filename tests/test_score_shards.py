@@ -10,7 +10,7 @@ import torch
 from tests.ls_fixtures import make_tiny_checkpoint, write_png
 from tsp_model.engine.checkpoint import load_model
 from tsp_model.engine.predict import score_pool
-from tsp_model.records import read_jsonl
+from tsp_model.core.records import read_jsonl
 
 N = 10
 BATCH = 3

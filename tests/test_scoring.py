@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tsp_model.scoring import (
+from tsp_model.core.scoring import (
     class_entropy,
     empty_image_score,
     image_score,

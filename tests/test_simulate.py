@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory) -> Path:
-    from tsp_model.data.phantom import generate_series
+    from tsp_model.synth.phantom import generate_series
 
     return generate_series(tmp_path_factory.mktemp("series"), 8, slices=5, size=64, seed=1, progress=False)
 
@@ -59,8 +59,8 @@ def test_group_split_falls_back_to_single_images_and_honours_an_explicit_key():
 
 # ----------------------------------------------------------------------------- the oracle
 def test_oracle_reveals_only_selected_labels(series, tmp_path):
-    from tsp_model.config import TSPConfig
-    from tsp_model.cycle import run_cycle
+    from tsp_model.core.config import TSPConfig
+    from tsp_model.al.cycle import run_cycle
     from tsp_model.data.coco import CocoInstanceDataset
 
     ds = CocoInstanceDataset(series, train=True)

@@ -4,10 +4,10 @@ from collections import Counter
 
 import pytest
 
-import tsp_model.strategies as strategies
-from tsp_model.config import ActiveConfig
-from tsp_model.records import ImageScore, InstanceScore
-from tsp_model.strategies import (
+import tsp_model.al.strategies as strategies
+from tsp_model.core.config import ActiveConfig
+from tsp_model.core.records import ImageScore, InstanceScore
+from tsp_model.al.strategies import (
     SelectionStrategy,
     available_strategies,
     get_strategy,

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from tsp_model.config import ConfigError, load_config
-from tsp_model.coreset import k_center_greedy
-from tsp_model.embeddings import decode_embedding, embedding_matrix, encode_embedding
-from tsp_model.mc_dropout import mc_image_stats, mc_instance_uncertainty
-from tsp_model.records import ImageScore, InstanceScore
-from tsp_model.strategies import get_strategy, priority_scores, scoring_options
+from tsp_model.core.config import ConfigError, load_config
+from tsp_model.al.coreset import k_center_greedy
+from tsp_model.engine.embeddings import decode_embedding, embedding_matrix, encode_embedding
+from tsp_model.engine.mc_dropout import mc_image_stats, mc_instance_uncertainty
+from tsp_model.core.records import ImageScore, InstanceScore
+from tsp_model.al.strategies import get_strategy, priority_scores, scoring_options
 
 
 def _rec(image_id, n_instances=1, **extras):

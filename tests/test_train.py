@@ -122,7 +122,7 @@ def test_pseudo_images_are_added_on_top_of_the_labeled_batches():
 
 def test_cli_entry_trains_with_pseudo_labels_and_evaluates(tmp_path, capsys):
     from helpers import write_tiny_coco
-    from tsp_model.config import dump_toml
+    from tsp_model.core.config import dump_toml
     from tsp_model.data.coco import CocoInstanceDataset
     from tsp_model.engine.evaluate import evaluate
     from tsp_model.engine.predict import PoolDataset, score_pool

@@ -10,6 +10,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-from .model import TSPMaskRCNN, build_model  # noqa: E402
-
 __all__ = ["TSPMaskRCNN", "build_model", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # the network on first use: importing tsp_model (its config, records, atomic writes) must not
+    # load torch, so a command that only reads files starts at once
+    if name in ("TSPMaskRCNN", "build_model"):
+        from tsp_model.nn import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'tsp_model' has no attribute {name!r}")

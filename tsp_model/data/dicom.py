@@ -126,7 +126,7 @@ class DicomSlice:
 def apply_window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     """HU float [H, W] -> uint8 [H, W]: ``center - width/2`` is 0, ``center + width/2`` is 255.
 
-    Values are rounded to the nearest integer, ties to even, like ``tsp_model.data.phantom.window``
+    Values are rounded to the nearest integer, ties to even, like ``tsp_model.synth.phantom.window``
     (HU 40 in the brain window 40/80 -> 127.5 -> 128).
     """
     if width <= 0:

@@ -1,7 +1,7 @@
 """Pseudo-labeled dataset built from pool-score records (section 3.2, Algorithm 1 step 4).
 
 An instance predicted on an unlabeled image becomes a pseudo label iff ``c > sigma_c`` and
-``b > sigma_b`` and ``m > sigma_m`` (:func:`tsp_model.scoring.pseudo_label_keep`). Its mask comes
+``b > sigma_b`` and ``m > sigma_m`` (:func:`tsp_model.core.scoring.pseudo_label_keep`). Its mask comes
 from the record's COCO RLE, its box from the record's box.
 
 Images with no kept instance are dropped: under eq. 4 a pseudo-labeled image contributes only
@@ -25,8 +25,8 @@ from pycocotools import mask as mask_utils
 
 from tsp_model.data.image_io import ImageError, read_image, to_tensor, verify_image
 from tsp_model.data.transforms import Compose, train_transforms
-from tsp_model.records import ImageScore, InstanceScore
-from tsp_model.scoring import pseudo_label_keep
+from tsp_model.core.records import ImageScore, InstanceScore
+from tsp_model.core.scoring import pseudo_label_keep
 
 __all__ = ["PseudoLabelDataset"]
 
@@ -48,7 +48,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
     """Images of the unlabeled pool with their confident predictions as targets.
 
     Args:
-        records: pool-score records, one per image (:class:`tsp_model.records.ImageScore`).
+        records: pool-score records, one per image (:class:`tsp_model.core.records.ImageScore`).
         image_paths: image_id -> image file path, for every record that may keep an instance.
         class_names: label k of the target is ``class_names[k - 1]``; instances are mapped by
             their ``category`` name (``ValueError`` naming it if unknown).

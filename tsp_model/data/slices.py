@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tsp_model.atomic import atomic_save, atomic_write_bytes
+from tsp_model.core.atomic import atomic_save, atomic_write_bytes
 from tsp_model.data.dicom import DicomError, find_dicom_files, read_dicom, render_window
 from tsp_model.data.image_io import verify_image
 

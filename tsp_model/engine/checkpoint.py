@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from tsp_model.atomic import atomic_open
-from tsp_model.config import ConfigError, TSPConfig
+from tsp_model.core.atomic import atomic_open
+from tsp_model.core.config import ConfigError, TSPConfig
 
 FORMAT = "tsp-checkpoint/1"
 REQUIRED_KEYS = ("model", "config", "class_names", "epoch", "model_version", "format")
@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the network from a checkpoint's config and weights, in eval mode on ``device``."""
-    from tsp_model.model import build_model  # late: keeps checkpoint I/O free of model imports
+    from tsp_model.nn.model import build_model  # late: keeps checkpoint I/O free of model imports
 
     state = load_checkpoint(path, map_location="cpu")
     try:

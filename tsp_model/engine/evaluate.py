@@ -209,9 +209,9 @@ def evaluate(
 
     Ground truth is ``dataset.coco`` when present (categories matched by name), else built from
     the targets. ``class_names`` defaults to ``dataset.class_names``. Masks are binarized at the
-    model's ``mask_threshold`` (:func:`tsp_model.roi_heads.mask_threshold_of`), as they are shown.
+    model's ``mask_threshold`` (:func:`tsp_model.nn.roi_heads.mask_threshold_of`), as they are shown.
     """
-    from tsp_model.roi_heads import mask_threshold_of
+    from tsp_model.nn.roi_heads import mask_threshold_of
 
     device = torch.device(device)
     class_names = list(class_names if class_names is not None else dataset.class_names)

@@ -1,6 +1,6 @@
 """Inference and pool scoring: model outputs -> per-instance (c, b, m, s) and per-image S.
 
-:func:`predict_images` turns a list of image tensors into :class:`~tsp_model.records.ImageScore`
+:func:`predict_images` turns a list of image tensors into :class:`~tsp_model.core.records.ImageScore`
 records: every detection (c >= ``model.box_score_thresh``) with its mask as COCO RLE, and the
 image score S over the scored ones (``active.score_threshold``). Masks are never pasted at full
 size all at once (:func:`postprocess_to_rle`), so memory stays flat on large slices.
@@ -8,9 +8,9 @@ size all at once (:func:`postprocess_to_rle`), so memory stays flat on large sli
 and writes one JSON line per image atomically (Algorithm 1, lines 7-8).
 
 Strategy data in ``ImageScore.extras`` (asked for by the strategy's ``needs``, see
-:func:`tsp_model.strategies.scoring_options`): ``embedding`` (pooled FPN features, base64
-float16, :mod:`tsp_model.embeddings`), ``mc_uncertainty`` and friends (T batched dropout
-passes of the heads, :mod:`tsp_model.mc_dropout`), ``predicted_loss`` (whenever the model has a
+:func:`tsp_model.al.strategies.scoring_options`): ``embedding`` (pooled FPN features, base64
+float16, :mod:`tsp_model.engine.embeddings`), ``mc_uncertainty`` and friends (T batched dropout
+passes of the heads, :mod:`tsp_model.engine.mc_dropout`), ``predicted_loss`` (whenever the model has a
 loss-prediction module).
 """
 
@@ -28,13 +28,13 @@ from tqdm import tqdm
 
 from typing import Any
 
-from tsp_model.config import ActiveConfig, TSPConfig
+from tsp_model.core.config import ActiveConfig, TSPConfig
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast
 from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_mask, encode_masks
-from tsp_model.records import ImageScore, InstanceScore, record_image_score
-from tsp_model.roi_heads import mask_threshold_of
-from tsp_model.scoring import class_entropy, instance_score
+from tsp_model.core.records import ImageScore, InstanceScore, record_image_score
+from tsp_model.nn.roi_heads import mask_threshold_of
+from tsp_model.core.scoring import class_entropy, instance_score
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def output_to_record(
 
     ``s`` is eq. 2 of (c, b, m) = (scores, box_iou, mask_iou); ``S`` is eq. 3 over the scored
     instances (``c >= active.score_threshold``), else the empty-image rule
-    (:func:`tsp_model.scoring.scored_image_score`); ``entropy`` is the Shannon entropy of
+    (:func:`tsp_model.core.scoring.scored_image_score`); ``entropy`` is the Shannon entropy of
     ``class_probs``. Masks: ``mask_rles`` (from :func:`postprocess_to_rle`) or, for a model that
     returns torchvision's full-size ``masks``, those binarized at ``mask_threshold``.
     """
@@ -188,8 +188,8 @@ def forward_with_extras(
 
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-    from tsp_model.embeddings import encode_embedding, pooled_embeddings
-    from tsp_model.mc_dropout import mc_head_passes, mc_image_stats
+    from tsp_model.engine.embeddings import encode_embedding, pooled_embeddings
+    from tsp_model.engine.mc_dropout import mc_head_passes, mc_image_stats
 
     extras: list[dict] = [{} for _ in images]
     if not isinstance(model, GeneralizedRCNN):
@@ -367,7 +367,7 @@ def score_pool(
         pool = PoolDataset(pool)
     sc = config.score
     if embeddings is None or mc_passes is None:
-        from tsp_model.strategies import scoring_options
+        from tsp_model.al.strategies import scoring_options
 
         opts = scoring_options(config.active.strategy, config.active.mc_passes)
         embeddings = bool(opts["embeddings"]) if embeddings is None else embeddings

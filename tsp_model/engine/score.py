@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tsp_model.config import TSPConfig
+from tsp_model.core.config import TSPConfig
 from tsp_model.engine import distributed as du
 
 __all__ = ["main", "pool_items", "score_files"]
@@ -72,9 +72,9 @@ def score_files(
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from tsp_model.config import ConfigError, load_config
+    from tsp_model.core.config import ConfigError, load_config
     from tsp_model.engine.checkpoint import CheckpointError
-    from tsp_model.records import RecordError
+    from tsp_model.core.records import RecordError
 
     p = argparse.ArgumentParser(prog="python -m tsp_model.engine.score", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="TSP checkpoint (.pt)")

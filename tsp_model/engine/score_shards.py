@@ -8,7 +8,7 @@ shard with the same header continues after its last complete line (an interrupte
 large pool loses at most one batch); a shard with any other header is started over.
 
 When every rank is done, rank 0 merges the shards into the score file in pool order, atomically
-(:mod:`tsp_model.atomic`: readers see no file or the complete one), holding only one
+(:mod:`tsp_model.core.atomic`: readers see no file or the complete one), holding only one
 ``(pool index, shard, offset)`` triple per image, and removes the shards.
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tsp_model.atomic import atomic_open
-from tsp_model.records import ImageScore, record_line
+from tsp_model.core.atomic import atomic_open
+from tsp_model.core.records import ImageScore, record_line
 
 __all__ = ["ScoreShard", "merge_shards", "pool_digest", "shard_path"]
 

@@ -17,7 +17,7 @@ the partial file. ``resume=True`` continues from whichever of the two holds more
 optimizer, scheduler, scaler and history are restored, and the data order and augmentation are
 reseeded per epoch from ``train.seed``, so a resumed run repeats the uninterrupted one.
 
-Learning rate: see :class:`tsp_model.config.TrainConfig` for the scaling rule
+Learning rate: see :class:`tsp_model.core.config.TrainConfig` for the scaling rule
 (``lr`` is for 8 processes x ``batch_size`` images; ``scale_lr`` applies lr x world / 8).
 """
 
@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from tsp_model.config import TSPConfig, lr_milestones
+from tsp_model.core.config import TSPConfig, lr_milestones
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast, make_grad_scaler
 from tsp_model.engine.checkpoint import CheckpointError, load_checkpoint, make_model_version, save_checkpoint
@@ -262,7 +262,7 @@ def train(
     Raises:
         NonFiniteLossError: a loss term became NaN/inf (the message lists all terms).
     """
-    from tsp_model.model import build_model, resolve_norm
+    from tsp_model.nn.model import build_model, resolve_norm
 
     # the checkpoint records the norm actually built ("auto" resolved): load_model rebuilds it
     # without the initial weights
@@ -408,10 +408,10 @@ def train_from_files(
     progress: bool = True,
 ) -> Path:
     """Load config and data from files, then :func:`train` (the torchrun entry's body)."""
-    from tsp_model.config import load_config
+    from tsp_model.core.config import load_config
     from tsp_model.data.coco import CocoInstanceDataset
     from tsp_model.data.pseudo import PseudoLabelDataset
-    from tsp_model.records import read_jsonl
+    from tsp_model.core.records import read_jsonl
 
     config = load_config(config_path, overrides)
     tc = config.train

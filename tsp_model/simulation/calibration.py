@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from tsp_model.records import ImageScore
+from tsp_model.core.records import ImageScore
 
 __all__ = ["calibration", "detection_truth", "spearman"]
 

@@ -27,11 +27,11 @@ import numpy as np
 
 from tsp_model.engine.checkpoint import load_model
 from tsp_model.engine.predict import score_pool
-from tsp_model.records import read_jsonl, rescore
+from tsp_model.core.records import read_jsonl, rescore
 from tsp_model.simulation.measure import calibration_of, pool_items, preannotation_cost
 from tsp_model.simulation.oracle import Oracle
 from tsp_model.simulation.settings import SimulationError, SimulationSettings
-from tsp_model.strategies import get_strategy
+from tsp_model.al.strategies import get_strategy
 
 if TYPE_CHECKING:
     from tsp_model.simulation.replay import Replay

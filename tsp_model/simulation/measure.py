@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from pycocotools import mask as mask_utils
 
-from tsp_model.config import ActiveConfig
+from tsp_model.core.config import ActiveConfig
 from tsp_model.data.coco import CocoInstanceDataset
 from tsp_model.engine.checkpoint import load_model
 from tsp_model.engine.evaluate import evaluate
 from tsp_model.engine.predict import PoolDataset, predict_images
-from tsp_model.records import ImageScore
+from tsp_model.core.records import ImageScore
 from tsp_model.simulation.calibration import calibration
 from tsp_model.simulation.oracle import ground_truth, match_instances
 

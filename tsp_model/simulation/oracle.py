@@ -1,6 +1,6 @@
 """The oracle: a fully labeled pool whose labels are reachable only through ``reveal``.
 
-:func:`tsp_model.cycle.run_cycle` reads labels only through ``dataset.subset(ids)``; the oracle
+:func:`tsp_model.al.cycle.run_cycle` reads labels only through ``dataset.subset(ids)``; the oracle
 records every id whose labels were read, and the replay checks after each cycle that the
 revealed ids are a subset of the selected ones. Measurements that need the truth (pseudo-label
 precision, pre-annotation cost) read it through :meth:`Oracle.peek_annotations`, recorded apart.
@@ -16,8 +16,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from tsp_model.data.coco import CocoInstanceDataset
-from tsp_model.records import ImageScore
-from tsp_model.scoring import pseudo_label_keep
+from tsp_model.core.records import ImageScore
+from tsp_model.core.scoring import pseudo_label_keep
 
 __all__ = ["Oracle", "OracleLeak", "match_instances", "pseudo_label_precision", "threshold_stats"]
 
@@ -29,7 +29,7 @@ class OracleLeak(AssertionError):
 class Oracle:
     """A fully labeled pool whose labels are reachable only through :meth:`reveal`.
 
-    Offers what :func:`~tsp_model.cycle.run_cycle` needs: ``subset`` (= reveal), ``index_of``,
+    Offers what :func:`~tsp_model.al.cycle.run_cycle` needs: ``subset`` (= reveal), ``index_of``,
     ``image_path``, ``image_info`` (file name and size only) and ``class_names``. Every id passed
     to ``reveal`` is recorded in ``revealed``; :meth:`peek_annotations` (measurement only) in
     ``peeked``.

@@ -43,11 +43,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from tsp_model.atomic import atomic_write_text
-from tsp_model.config import ActiveConfig, TSPConfig
-from tsp_model.cycle import run_cycle
+from tsp_model.core.atomic import atomic_write_text
+from tsp_model.core.config import ActiveConfig, TSPConfig
+from tsp_model.al.cycle import run_cycle
 from tsp_model.engine import distributed as du
-from tsp_model.records import read_jsonl
+from tsp_model.core.records import read_jsonl
 from tsp_model.simulation.data import SimulationData, load_simulation_data
 from tsp_model.simulation.design import DESIGN_FILE, choose_design, cluster_map, load_design, variant_tag
 from tsp_model.simulation.ledger import Ledger
@@ -130,7 +130,7 @@ class Replay:
     def train_cycle(self, key: str, cfg: TSPConfig, *, labeled: list[int], pool: list[int], oracle: Oracle,
                     prev: str | None, cycle: int, out: Path, clusters: dict[int, int] | None = None,
                     need_checkpoint: bool = True) -> dict[str, Any]:
-        """One :func:`~tsp_model.cycle.run_cycle`, recorded in the ledger (or read back from it;
+        """One :func:`~tsp_model.al.cycle.run_cycle`, recorded in the ledger (or read back from it;
         trained again when its checkpoint is needed but was removed with a finished seed)."""
         done = self.ledger.get(key)
         if done is not None and (not need_checkpoint or Path(done["checkpoint"]).is_file()):

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tsp_model.config import TSPConfig
-from tsp_model.scoring import EMPTY_IMAGE_RULES
+from tsp_model.core.config import TSPConfig
+from tsp_model.core.scoring import EMPTY_IMAGE_RULES
 from tsp_model.simulation.results import FULL
-from tsp_model.strategies import available_strategies, get_strategy
+from tsp_model.al.strategies import available_strategies, get_strategy
 
 __all__ = [
     "Arm",
