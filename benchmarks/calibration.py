@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     from tsp_model.engine.predict import PoolDataset, predict_images
     from tsp_model.simulation.calibration import calibration
     from tsp_model.simulation.oracle import Oracle, ground_truth
-    from tsp_model.simulation.replay import load_simulation_data
+    try:
+        from tsp_model.simulation.data import load_simulation_data
+    except ImportError:  # an older tree (the "before" measurement)
+        from tsp_model.simulation.replay import load_simulation_data
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=["phantom_series", "nuclei"], required=True)

@@ -245,7 +245,7 @@ def _data(dataset: str, size: str, cache: Path) -> tuple[Path, Path, dict[str, t
 
 def main(argv: list[str] | None = None) -> int:
     from tsp_model.simulation import run_simulation
-    from tsp_model.simulation.replay import load_simulation_data
+    from tsp_model.simulation.data import load_simulation_data
     from tsp_model.simulation.results import format_table
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)

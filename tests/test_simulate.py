@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tsp_cli.main import cli
 from tsp_model.simulation import Oracle, OracleLeak, SimulationSettings, group_split, run_simulation
-from tsp_model.simulation.replay import load_simulation_data
+from tsp_model.simulation.data import load_simulation_data
 
 pytestmark = pytest.mark.slow
 

@@ -58,7 +58,6 @@ def _detail(exc: Any) -> str:
 
 def _map_error(exc: Exception, url: str, what: str) -> SyncError | None:
     import httpx
-
     from label_studio_sdk.core.api_error import ApiError
 
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
@@ -88,7 +87,6 @@ def _map_error(exc: Exception, url: str, what: str) -> SyncError | None:
 def is_transient(exc: BaseException) -> bool:
     """A timeout, a refused or reset connection, or a 408/429/5xx answer: worth another try."""
     import httpx
-
     from label_studio_sdk.core.api_error import ApiError
 
     if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):

@@ -55,8 +55,13 @@ def score_pool_file(
     """Score the images a pool file lists (a snapshot's ``unlabeled.json`` or COCO
     ``annotations.json``) with ``checkpoint`` into ``out``: in this process, or in ``gpus``
     torchrun processes that shard the pool (rank 0 merges). Rerunning after an interruption
-    continues the shards."""
+    continues the shards. ``embeddings`` / ``mc_passes``: None = what ``active.strategy`` needs."""
+    from tsp_model.al.strategies import scoring_options
     from tsp_model.engine.score import score_files
+
+    needs = scoring_options(config.active.strategy, config.active.mc_passes)
+    embeddings = bool(needs["embeddings"]) if embeddings is None else embeddings
+    mc_passes = int(needs["mc_passes"]) if mc_passes is None else mc_passes
 
     if gpus <= 1:
         return score_files(checkpoint, pool_file, image_dir, out, config=config, embeddings=embeddings,
@@ -65,9 +70,9 @@ def score_pool_file(
     atomic_write_text(config_path, dump_toml(config))
     args = ["--checkpoint", str(checkpoint), "--pool", str(pool_file), "--images", str(image_dir),
             "--out", str(out), "--config", str(config_path)]
-    if embeddings is not None:
-        args += ["--embeddings", "on" if embeddings else "off"]
-    if mc_passes is not None:
+    if embeddings:
+        args.append("--embeddings")
+    if mc_passes:
         args += ["--mc-passes", str(mc_passes)]
     if not progress:
         args.append("--no-progress")

@@ -216,9 +216,9 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, gpu
         ConfigError: unknown strategy, or the checkpoint lacks what the strategy needs.
     """
     from tsp_cli.commands.retrain import score_snapshot_pool
-    from tsp_model.engine.checkpoint import load_checkpoint
-    from tsp_model.core.records import iter_jsonl, rescored, write_jsonl
     from tsp_model.al.strategies import get_strategy, priority_scores, scoring_options
+    from tsp_model.core.records import iter_jsonl, rescored, write_jsonl
+    from tsp_model.engine.checkpoint import load_checkpoint
 
     strategy = resolve_strategy(cfg)
     check_checkpoint_supports(strategy, load_checkpoint(checkpoint), checkpoint)

@@ -11,11 +11,15 @@ import datetime as _dt
 import time
 from typing import Any
 
+import click
+
 from tsp_cli.client import LSProject
 from tsp_cli.commands.pull import pull
 from tsp_cli.commands.reorder import reorder
 from tsp_cli.commands.retrain import retrain
 from tsp_cli.commands.score import score
+from tsp_cli.context import CliContext, gpus_option, project_option
+from tsp_cli.errors import handle_errors
 from tsp_cli.settings import ProjectSettings, Secrets
 from tsp_cli.workdir import Workdir
 
@@ -124,3 +128,24 @@ def format_table(summary: dict[str, Any], top_n: int = 5) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+@click.command("cycle", help="pull, retrain, score and reorder, then print one summary table.")
+@project_option
+@gpus_option
+@click.option("--verify/--no-verify", default=False, show_default=True,
+              help="Check GET /api/projects/{id}/next after reordering, as `tsp-sync reorder --verify` does "
+                   "(as the user of $LABEL_STUDIO_VERIFY_API_KEY when set).")
+@click.pass_obj
+@handle_errors
+def cycle_command(obj: CliContext, project: str, gpus: int, verify: bool) -> None:
+    from tsp_cli.commands.reorder import verify_client_from_env
+    from tsp_cli.workdir import Workdir
+
+    settings = obj.project_settings(project)
+    client, ls_project, secrets = obj.connect(settings)
+    verifier = verify_client_from_env(client, secrets.url) if verify else None
+    s = cycle(client, ls_project, settings, Workdir(settings.workdir), secrets, gpus=gpus, verify=verify,
+                 verify_client=verifier[0] if verifier else None, progress=obj.progress,
+                 echo=lambda m: click.echo(m, err=True))
+    click.echo(format_table(s))

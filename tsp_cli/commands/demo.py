@@ -40,9 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 from tsp_cli.client import SyncError, call, get_json
+from tsp_cli.context import CliContext
+from tsp_cli.errors import handle_errors
 from tsp_cli.local_server import port_free, write_secret
 
 DEMO_TITLE = "TSP demo: intracranial hemorrhage"
@@ -399,8 +402,8 @@ def run_demo(opts: DemoOptions, *, echo: Callable[[str], None] = print, label_st
     """
     from tsp_cli.client import connect, resolve_project
     from tsp_cli.commands.cycle import cycle, format_table
-    from tsp_cli.local_server import VERIFY_USER, LocalLabelStudio
     from tsp_cli.commands.review import read_cycles, write_overlays, write_report
+    from tsp_cli.local_server import VERIFY_USER, LocalLabelStudio
     from tsp_cli.settings import Secrets, load_settings, select_project
     from tsp_cli.workdir import Workdir
     from tsp_model.synth.phantom import CLASS_NAMES, generate_phantoms
@@ -539,3 +542,33 @@ def run_demo(opts: DemoOptions, *, echo: Callable[[str], None] = print, label_st
             proc.stop()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+@click.command("demo", help="The quickstart: a local Label Studio with generated head-CT slices, the backend "
+                  "connected, one active-learning cycle per run, the reordered queue. Ctrl-C stops it all.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True,
+              help="Folder for the slices, Label Studio's database, the work directory and tsp.toml.")
+@click.option("--count", type=click.IntRange(min=4), default=60, show_default=True, help="Generated slices.")
+@click.option("--size", type=click.IntRange(min=64), default=256, show_default=True, help="Slice size in pixels.")
+@click.option("--first-batch", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Slices annotated from the ground truth before the first cycle (Algorithm 1, line 4).")
+@click.option("--batch", "-b", type=click.IntRange(min=1), default=10, show_default=True,
+              help="b: on later runs, slices labeled from the queue (/next) before the cycle.")
+@click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True,
+              help="Training epochs of the tiny CPU model per cycle (minutes on an idle 2-core CPU; see README).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface Label Studio listens on (0.0.0.0: every interface, reachable from other machines).")
+@click.option("--port", type=int, default=8080, show_default=True, help="Label Studio port.")
+@click.option("--backend-port", type=int, default=9090, show_default=True)
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="Keep Label Studio and the backend running until Ctrl-C.")
+@click.pass_obj
+@handle_errors
+def demo_command(obj: CliContext, root: Path, count: int, size: int, first_batch: int, batch: int, epochs: int, host: str,
+         port: int, backend_port: int, serve: bool) -> None:
+
+    if first_batch >= count:
+        raise click.BadParameter("--first-batch must be smaller than --count (the rest is the pool)")
+    run_demo(DemoOptions(root=root, count=count, size=size, first_batch=first_batch, batch=batch, epochs=epochs,
+                         host=host, port=port, backend_port=backend_port, serve=serve, progress=obj.progress),
+             echo=click.echo)

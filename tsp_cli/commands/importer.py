@@ -37,6 +37,7 @@ import click
 from tqdm import tqdm
 
 from tsp_cli.client import SyncError, call
+from tsp_cli.errors import handle_errors
 from tsp_model.data.slices import SliceRecord
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,6 @@ def _connect(ctx: click.Context, settings: Any) -> tuple[Any, Any]:
     return client, resolve_project(client, settings.label_studio_project)
 
 
-def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Use the group's one-line error handler when the CLI has one."""
-    try:
-        from tsp_cli.main import handle_errors
-    except ImportError:  # pragma: no cover - main.py is always there in the package
-        return fn
-    return handle_errors(fn)
 
 
 @click.command("import", help="Import DICOM series or PNG/JPEG folders as tasks (each slice once, de-identified).")
@@ -221,7 +215,7 @@ def import_command(
     ctx: click.Context, project: str, paths: tuple[Path, ...], window: str, out_dir: Path | None,
     local_files_root: Path | None, url_prefix: str | None,
 ) -> None:
-    _wrap(_run_import)(ctx, project, paths, window, out_dir, local_files_root, url_prefix)
+    handle_errors(_run_import)(ctx, project, paths, window, out_dir, local_files_root, url_prefix)
 
 
 def _run_import(

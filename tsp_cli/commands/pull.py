@@ -35,15 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from tsp_cli.client import LSProject, SyncError, iter_tasks
+from tsp_cli.context import CliContext, project_option
+from tsp_cli.errors import handle_errors
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_json, default_mode, read_json
+from tsp_model.core.atomic import atomic_write_bytes
 from tsp_model.data.coco import write_coco
 from tsp_model.data.image_io import ImageError, read_image
-from tsp_model.core.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -335,3 +338,20 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PullResult(snapshot=snap, created=True, counts=counts)
+
+
+@click.command("pull", help="Export finished annotations into a new COCO snapshot in the work directory.")
+@project_option
+@click.pass_obj
+@handle_errors
+def pull_command(obj: CliContext, project: str) -> None:
+    from tsp_cli.workdir import Workdir
+
+    settings = obj.project_settings(project)
+    client, ls_project, secrets = obj.connect(settings)
+    res = pull(client, ls_project, Workdir(settings.workdir), secrets, progress=obj.progress)
+    c = res.counts
+    state = "new" if res.created else "unchanged, kept"
+    click.echo(f"snapshot {res.snapshot.number} ({state}): {c['labeled']} labeled ({c['instances']} instances, "
+               f"{c['empty']} no-lesion), {c['pool']} unlabeled, {c['skipped']} skipped; "
+               f"{c['downloaded']} images downloaded -> {res.snapshot.path}")

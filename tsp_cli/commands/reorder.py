@@ -34,9 +34,13 @@ import math
 import os
 from typing import Any
 
+import click
+
 from tsp_cli.client import LSProject, SyncError, call, get_json, model_versions
-from tsp_cli.priority import DEFAULT_STRATEGY, scores_by_task, split_queue_version
 from tsp_cli.commands.score import iter_task_predictions
+from tsp_cli.context import CliContext, project_option
+from tsp_cli.errors import handle_errors
+from tsp_cli.priority import DEFAULT_STRATEGY, scores_by_task, split_queue_version
 from tsp_cli.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -300,3 +304,42 @@ def reorder(
                       for t, sc in top]
     workdir.update_state("last_reorder", summary)
     return summary
+
+
+@click.command("reorder", help="Make Label Studio serve the lowest prediction score first (S_i, or the active.strategy's rank; "
+                  "Uncertainty sampling + 'TSP priority' view).")
+@project_option
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check GET /api/projects/{id}/next, then release the lock it puts on the served task. Asks as "
+                   "the user of $LABEL_STUDIO_VERIFY_API_KEY (a user nobody labels with) when set, else as the "
+                   "token's user.")
+@click.pass_obj
+@handle_errors
+def reorder_command(obj: CliContext, project: str, verify: bool) -> None:
+    from tsp_cli.workdir import Workdir
+
+    settings = obj.project_settings(project)
+    client, ls_project, secrets = obj.connect(settings)
+    verifier = verify_client_from_env(client, secrets.url) if verify else None
+    s = reorder(client, ls_project, Workdir(settings.workdir), verify=verify,
+                   verify_client=verifier[0] if verifier else None)
+    click.echo(f"project {ls_project.id}: model_version {s['model_version']}, ordered by {s['strategy']}, "
+               f"{s['sampling']}, view {VIEW_TITLE!r} (id {s['view_id']})")
+    v = s.get("verify")
+    if v:
+        who = f"as {verifier[1]}" if verifier else "as the token's user"
+        where = "" if v.get("next_cluster") is None else f" of its cluster {v['next_cluster']}"
+        if v["honored"]:
+            released = "its lock released" if v.get("released") else "its lock NOT released (see the warning)"
+            click.echo(f"/next ({who}) serves task {v['next_task']} (score {v['next_score']:.4f}, "
+                       f"S={v['next_S']:.4f}), the lowest-scored task{where} ({s['strategy']} order); {released}")
+        elif v["next_task"] is None:
+            click.echo(f"/next ({who}) serves no task (nothing left, or all skipped by this user)")
+        elif v["honored"] is None:
+            click.echo(f"/next ({who}) serves task {v['next_task']}, locked for this user by an earlier call: "
+                       "inconclusive; set LABEL_STUDIO_VERIFY_API_KEY to the token of a user nobody labels with")
+        else:
+            click.echo(f"/next ({who}) serves task {v['next_task']} (rank {v['next_rank']}), not the lowest-scored "
+                       f"task{where} {v['lowest_task']}: the lower ones are open in an annotator's stream (locked), or "
+                       f"this server does not honor the order; then label from the {VIEW_TITLE!r} view with 'Label "
+                       "Tasks As Displayed'")

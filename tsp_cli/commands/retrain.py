@@ -23,9 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 from tsp_cli.client import SyncError
+from tsp_cli.context import CliContext, gpus_option, project_option
+from tsp_cli.errors import handle_errors
 from tsp_cli.launch import score_pool_file, torchrun
 from tsp_cli.settings import ProjectSettings
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_text
@@ -127,9 +130,9 @@ def retrain(
 ) -> dict[str, Any]:
     """Train the next model; returns a summary dict (also stored as ``state.json:last_retrain``)."""
     from tsp_model.core.config import dump_toml
+    from tsp_model.core.records import read_jsonl
     from tsp_model.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
     from tsp_model.engine.train import train_from_files
-    from tsp_model.core.records import read_jsonl
 
     t0 = time.perf_counter()
     snap = workdir.latest_snapshot()
@@ -226,3 +229,20 @@ def evaluate_checkpoint(checkpoint: Path, ann_file: Path, image_dir: Path, cfg: 
     res = evaluate(loaded.model, ds, device=device, class_names=loaded.class_names, progress=progress,
                    amp=cfg.score.amp, batch_size=cfg.score.batch_size)
     return {k: res[k] for k in ("segm_ap50", "segm_map", "bbox_ap50", "num_images") if k in res}
+
+
+@click.command("retrain", help="Pseudo-label the pool with the current model, train on labeled + pseudo, publish the model.")
+@project_option
+@gpus_option
+@click.option("--from-scratch", is_flag=True, help="Do not start from the current model's weights (no pseudo labels).")
+@click.pass_obj
+@handle_errors
+def retrain_command(obj: CliContext, project: str, gpus: int, from_scratch: bool) -> None:
+    from tsp_cli.workdir import Workdir
+
+    settings = obj.project_settings(project)
+    s = retrain(settings, Workdir(settings.workdir), gpus=gpus, from_scratch=from_scratch, progress=obj.progress)
+    ap = s["metrics"].get("segm_ap50")
+    click.echo(f"model {s['model_version']} -> {s['checkpoint']} ({s['labeled']} labeled + {s['pseudo_images']} "
+               f"pseudo-labeled images, {s['pseudo_instances']} pseudo instances"
+               + (f", mask AP50 {ap:.3f} on {s['holdout']} held-out" if ap is not None else "") + ")")

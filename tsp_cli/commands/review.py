@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from tsp_cli.client import SyncError
+from tsp_cli.errors import handle_errors
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +132,6 @@ def _workdir(ctx: click.Context, project: str | None, workdir: Path | None) -> P
     return Path(select_project(load_settings(find_settings_file(None)), project).workdir)
 
 
-def _wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-    try:
-        from tsp_cli.main import handle_errors
-    except ImportError:  # pragma: no cover
-        return fn
-    return handle_errors(fn)
 
 
 _project = click.option("--project", "-p", help="A [projects.<name>] of tsp.toml, or a Label Studio project id.")
@@ -159,7 +154,7 @@ _workdir_opt = click.option("--workdir", type=click.Path(file_okay=False, path_t
 @click.pass_context
 def overlay_command(ctx: click.Context, project: str | None, workdir: Path | None, top: int, out_dir: Path | None,
                     scores_file: Path | None, model_version: str | None, image_dir: Path | None) -> None:
-    _wrap(_run_overlay)(ctx, project, workdir, top, out_dir, scores_file, model_version, image_dir)
+    handle_errors(_run_overlay)(ctx, project, workdir, top, out_dir, scores_file, model_version, image_dir)
 
 
 def _run_overlay(ctx: click.Context, project: str | None, workdir: Path | None, top: int, out_dir: Path | None,
@@ -176,8 +171,8 @@ def write_overlays(wd: Path, *, top: int = 10, out_dir: Path | None = None, scor
 
     Returns ``(index_html, overlays_written, images_scored, score_file)``.
     """
-    from tsp_model.viz.overlay import load_image_from, write_overlay_index
     from tsp_model.core.records import read_jsonl
+    from tsp_model.viz.overlay import load_image_from, write_overlay_index
 
     path = scores_file or find_score_file(wd, model_version)
     records = read_jsonl(path)
@@ -197,7 +192,7 @@ def write_overlays(wd: Path, *, top: int = 10, out_dir: Path | None = None, scor
               help="Output folder (default <workdir>/report).")
 @click.pass_context
 def report_command(ctx: click.Context, project: str | None, workdir: Path | None, out_dir: Path | None) -> None:
-    _wrap(_run_report)(ctx, project, workdir, out_dir)
+    handle_errors(_run_report)(ctx, project, workdir, out_dir)
 
 
 def _cycles_or_state(wd: Path) -> list[dict[str, Any]]:

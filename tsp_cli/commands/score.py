@@ -36,9 +36,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import click
 from tqdm import tqdm
 
 from tsp_cli.client import LSProject, SyncError, call, iter_tasks, model_versions, request_json
+from tsp_cli.context import CliContext, gpus_option, project_option
+from tsp_cli.errors import handle_errors
 from tsp_cli.settings import ConfigError, ProjectSettings
 from tsp_cli.workdir import Workdir
 
@@ -262,8 +265,8 @@ def score(
     """Score the latest snapshot's pool with the newest checkpoint (``gpus`` torchrun processes
     when > 1) and push the predictions, scored for ``active.strategy`` (see
     :mod:`tsp_cli.priority`)."""
-    from tsp_labelstudio.regions import LabelConfigError, parse_label_config
     from tsp_cli.priority import pool_queue, queue_predictions, resolve_strategy
+    from tsp_labelstudio.regions import LabelConfigError, parse_label_config
     from tsp_model.engine.checkpoint import latest_checkpoint, load_checkpoint
 
     t0 = time.perf_counter()
@@ -327,3 +330,18 @@ def score(
     }
     workdir.update_state("last_score", summary)
     return summary
+
+
+@click.command("score", help="Score the unlabeled pool with the newest model and push one prediction per task.")
+@project_option
+@gpus_option
+@click.pass_obj
+@handle_errors
+def score_command(obj: CliContext, project: str, gpus: int) -> None:
+    from tsp_cli.workdir import Workdir
+
+    settings = obj.project_settings(project)
+    client, ls_project, _ = obj.connect(settings)
+    s = score(client, ls_project, settings, Workdir(settings.workdir), gpus=gpus, progress=obj.progress)
+    click.echo(f"{s['model_version']}: {s['scored']} tasks scored, {s['pushed']} predictions pushed "
+               f"({s['already']} already current), {s['deleted']} old ones deleted")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from tsp_cli.errors import handle_errors
+
 __all__ = ["simulate_command"]
 
 
@@ -71,8 +73,6 @@ def simulate_command(obj: object, coco: Path, images: Path | None, test_coco: Pa
                      validation: float, test_fraction: float, group_key: str, tune: bool,
                      score_thresholds: str | None, design_from: Path | None, config_path: Path | None, device: str,
                      threads: int | None, restart: bool) -> None:
-    from tsp_cli.main import handle_errors
-
     handle_errors(_run)(obj, coco, images, test_coco, test_images, out_dir, arms, seeds, budget, cycles, backbone,
                         image_size, init, image_steps, min_epochs, batch_size, lr, validation, test_fraction,
                         group_key, tune, score_thresholds, design_from, config_path, device, threads, restart)
@@ -85,7 +85,7 @@ def _run(obj: object, coco: Path, images: Path | None, test_coco: Path | None, t
          config_path: Path | None, device: str, threads: int | None, restart: bool) -> None:
     from tsp_model.core.config import load_config
     from tsp_model.simulation import SimulationError, SimulationSettings, run_simulation
-    from tsp_model.simulation.replay import load_simulation_data
+    from tsp_model.simulation.data import load_simulation_data
     from tsp_model.simulation.results import format_table
 
     try:

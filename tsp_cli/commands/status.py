@@ -7,8 +7,13 @@ The queue lines name the selection strategy that ordered it (``active.strategy``
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from typing import Any
 
+import click
+
+from tsp_cli.context import CliContext, project_option
+from tsp_cli.errors import handle_errors
 from tsp_cli.priority import DEFAULT_STRATEGY, split_queue_version
 from tsp_cli.settings import ProjectSettings
 from tsp_cli.workdir import Workdir
@@ -99,3 +104,16 @@ def format_status(info: dict[str, Any], top_n: int = 10) -> str:
 def _strategy_of(step: dict[str, Any]) -> str:
     """The strategy a score/reorder summary ordered the queue by (older summaries: from the version)."""
     return str(step.get("strategy") or split_queue_version(str(step.get("model_version") or ""))[1])
+
+
+@click.command("status", help="Counts, model versions, last cycle's metrics and the top of the queue.")
+@project_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@handle_errors
+def status_command(obj: CliContext, project: str, as_json: bool) -> None:
+    from tsp_cli.workdir import Workdir
+
+    settings = obj.project_settings(project)
+    info = status(settings, Workdir(settings.workdir))
+    click.echo(json.dumps(info, indent=1, default=str) if as_json else format_status(info))

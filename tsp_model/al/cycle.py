@@ -122,13 +122,15 @@ def run_cycle(
         if loaded.class_names != class_names:
             raise ValueError(f"{prev_checkpoint}: classes {loaded.class_names} differ from the data's {class_names}")
         items = _pool_items(dataset, pool_ids)
+        needs = scoring_options(strategy, a.mc_passes)
         scores_path = score_pool(
             loaded.model, PoolDataset(items), class_names=class_names, config=config,
             out_path=out_dir / "scores" / f"cycle{cycle_index}.jsonl",
             model_version=loaded.model_version, dist=dist, progress=progress,
+            embeddings=bool(needs["embeddings"]), mc_passes=int(needs["mc_passes"]),
         )
         labeled_records = []
-        if scoring_options(strategy)["score_labeled"] and labeled_ids:
+        if needs["score_labeled"] and labeled_ids:
             # core_set: the labeled set's embeddings are the initial centers (no MC passes).
             labeled_path = score_pool(
                 loaded.model, PoolDataset(_pool_items(dataset, labeled_ids)), class_names=class_names,

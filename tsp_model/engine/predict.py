@@ -343,14 +343,14 @@ def score_pool(
     model_version: str,
     dist: du.DistInfo | None = None,
     progress: bool = True,
-    embeddings: bool | None = None,
-    mc_passes: int | None = None,
+    embeddings: bool = False,
+    mc_passes: int = 0,
 ) -> Path:
     """Score every pool image and write ``out_path`` (JSON lines, one :class:`ImageScore` each,
     in pool order).
 
-    ``embeddings`` / ``mc_passes``: strategy data for ``extras`` (see :func:`predict_images`);
-    None (default) = what ``config.active.strategy`` needs (``active.mc_passes`` passes).
+    ``embeddings`` / ``mc_passes``: strategy data for ``extras`` (see :func:`predict_images`;
+    what a strategy needs: :func:`tsp_model.al.strategies.scoring_options`).
 
     ``pool`` is a :class:`PoolDataset` or a list of ``(image_id, path[, file_name])``. Each rank
     (one without torchrun) scores every world-th image and appends each batch's records to its
@@ -366,12 +366,6 @@ def score_pool(
     if not isinstance(pool, PoolDataset):
         pool = PoolDataset(pool)
     sc = config.score
-    if embeddings is None or mc_passes is None:
-        from tsp_model.al.strategies import scoring_options
-
-        opts = scoring_options(config.active.strategy, config.active.mc_passes)
-        embeddings = bool(opts["embeddings"]) if embeddings is None else embeddings
-        mc_passes = int(opts["mc_passes"]) if mc_passes is None else mc_passes
     header = {
         "model_version": model_version, "pool": pool_digest(pool.items), "size": len(pool),
         "world_size": dist.world_size, "rank": dist.rank, "embeddings": bool(embeddings),

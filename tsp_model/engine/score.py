@@ -49,8 +49,8 @@ def score_files(
     out: str | Path,
     *,
     config: TSPConfig | None = None,
-    embeddings: bool | None = None,
-    mc_passes: int | None = None,
+    embeddings: bool = False,
+    mc_passes: int = 0,
     progress: bool = True,
 ) -> Path:
     """Load the checkpoint on this rank's device and score the pool into ``out`` (the torchrun
@@ -82,16 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", required=True, help="folder the pool's file_name entries are relative to")
     p.add_argument("--out", required=True, help="score file to write (JSON lines)")
     p.add_argument("--config", help="TSPConfig TOML (default: the checkpoint's config)")
-    p.add_argument("--embeddings", choices=("auto", "on", "off"), default="auto",
-                   help="pooled FPN embeddings in extras (auto: what active.strategy needs)")
-    p.add_argument("--mc-passes", type=int, help="MC-dropout passes T (default: what active.strategy needs)")
+    p.add_argument("--embeddings", action="store_true", help="pooled FPN embeddings in extras (core_set, tsp_diverse)")
+    p.add_argument("--mc-passes", type=int, default=0, help="MC-dropout passes T in extras (mc_dropout; 0: none)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    embeddings = {"auto": None, "on": True, "off": False}[args.embeddings]
     return du.run_entry_point(
         lambda: score_files(args.checkpoint, args.pool, args.images, args.out,
-                            config=load_config(args.config) if args.config else None, embeddings=embeddings,
+                            config=load_config(args.config) if args.config else None, embeddings=args.embeddings,
                             mc_passes=args.mc_passes, progress=not args.no_progress),
         (CheckpointError, ConfigError, RecordError, ValueError, FileNotFoundError),
     )

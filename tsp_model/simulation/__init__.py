@@ -11,7 +11,7 @@ command line; ``benchmarks/label_efficiency.py`` holds presets.
 """
 
 from tsp_model.simulation.oracle import Oracle, OracleLeak, pseudo_label_precision
-from tsp_model.simulation.replay import run_simulation
+from tsp_model.simulation.run import run_simulation
 from tsp_model.simulation.settings import Arm, SimulationError, SimulationSettings, parse_arms
 from tsp_model.simulation.splits import group_split
 

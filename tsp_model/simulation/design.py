@@ -30,35 +30,15 @@ from tsp_model.engine.predict import score_pool
 from tsp_model.core.records import read_jsonl, rescore
 from tsp_model.simulation.measure import calibration_of, pool_items, preannotation_cost
 from tsp_model.simulation.oracle import Oracle
-from tsp_model.simulation.settings import SimulationError, SimulationSettings
+from tsp_model.simulation.settings import SimulationError, SimulationSettings, cluster_map, variant_tag
 from tsp_model.al.strategies import get_strategy
 
 if TYPE_CHECKING:
     from tsp_model.simulation.replay import Replay
 
-__all__ = ["DESIGN_FILE", "choose_design", "cluster_map", "load_design", "variant_tag"]
+__all__ = ["DESIGN_FILE", "choose_design", "load_design"]
 
 DESIGN_FILE = "design.json"
-
-
-def variant_tag(settings: SimulationSettings, base_config: Any = None) -> str:
-    """The model variant of ``settings`` as a key fragment, e.g. ``group_mt0.3``."""
-    m = settings.config(0, base_config).model
-    return f"{m.norm}_mt{m.mask_threshold:g}"
-
-
-def cluster_map(source: str, groups: dict[int, str]) -> dict[int, int] | None:
-    """Clusters for ``tsp_diverse``: None for ``"embedding"`` (the strategy's own k-means of the
-    FPN embeddings, k = b), or the group for ``"group"`` (e.g. the series of a slice).
-
-    Clusters *within* groups would differ from groups only when there are fewer groups than b
-    (the cluster count); in a department's pool series far outnumber b, so it is not offered.
-    """
-    if source == "group":
-        names = sorted(set(groups.values()))
-        index = {g: k for k, g in enumerate(names)}
-        return {i: index[g] for i, g in groups.items()}
-    return None
 
 
 def load_design(path: str | Path) -> dict[str, Any]:

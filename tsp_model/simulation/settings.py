@@ -19,8 +19,10 @@ __all__ = [
     "MODEL_DESIGN_KEYS",
     "SimulationError",
     "SimulationSettings",
+    "cluster_map",
     "model_overrides",
     "parse_arms",
+    "variant_tag",
 ]
 
 DEFAULT_ARMS = ["random", "class_entropy", "tsp", "tsp+pseudo", "tsp_instance", "tsp_diverse",
@@ -192,3 +194,23 @@ def parse_arms(names: Sequence[str]) -> list[Arm]:
         arms.append(Arm(name, strategy, pseudo, "typiclust" if "typiclust" in flags else "random",
                         0.0 if "pseudo0" in flags else None))
     return arms
+
+
+def variant_tag(settings: SimulationSettings, base_config: TSPConfig | None = None) -> str:
+    """The model variant of ``settings`` as a key fragment, e.g. ``group_mt0.3``."""
+    m = settings.config(0, base_config).model
+    return f"{m.norm}_mt{m.mask_threshold:g}"
+
+
+def cluster_map(source: str, groups: dict[int, str]) -> dict[int, int] | None:
+    """Clusters for ``tsp_diverse``: None for ``"embedding"`` (the strategy's own k-means of the
+    FPN embeddings, k = b), or the group for ``"group"`` (e.g. the series of a slice).
+
+    Clusters *within* groups would differ from groups only when there are fewer groups than b
+    (the cluster count); in a department's pool series far outnumber b, so it is not offered.
+    """
+    if source == "group":
+        names = sorted(set(groups.values()))
+        index = {g: k for k, g in enumerate(names)}
+        return {i: index[g] for i, g in groups.items()}
+    return None
