@@ -32,7 +32,7 @@ OVERRIDES = {
 
 def make_snapshot(root: Path, labeled: int = 3, total: int = 6) -> Workdir:
     """A snapshot as `tsp-sync pull` writes it, from generated phantoms (image id = task id)."""
-    from tsp_model.data.coco import write_coco
+    from tsp_model.data.coco_file import write_coco
     from tsp_model.synth.phantom import generate_phantoms
 
     src = generate_phantoms(root / "phantoms", total, size=64, seed=5, lesion_rate=1.0, progress=False)

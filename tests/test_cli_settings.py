@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from pycocotools import mask as mask_utils
 
 from tsp_cli.client import SyncError
-from tsp_cli.commands.pull import choose_annotation, region_to_rle
+from tsp_cli.commands.pull import choose_annotation
+from tsp_labelstudio.regions import RegionError, region_to_rle
 from tsp_cli.commands.retrain import holdout_split, pseudo_counts
 from tsp_cli.settings import ConfigError, find_settings_file, load_secrets, load_settings, select_project
 from tsp_cli.workdir import Workdir, atomic_write_json
@@ -150,7 +151,7 @@ def test_brush_region_roundtrip() -> None:
     decoded = mask_utils.decode({**rle, "counts": rle["counts"].encode()})
     np.testing.assert_array_equal(decoded, mask)
     assert list(mask_utils.toBbox({**rle, "counts": rle["counts"].encode()})) == [2, 1, 5, 3]
-    with pytest.raises(SyncError, match="8x6 image but the task image is 16x12"):
+    with pytest.raises(RegionError, match="8x6 image but the task image is 16x12"):
         region_to_rle(region, 16, 12, "t")
 
 
@@ -167,7 +168,7 @@ def test_polygon_region_percent_to_pixels() -> None:
 
 def test_region_without_label_is_an_error() -> None:
     region = {"type": "polygonlabels", "value": {"points": [[0, 0], [50, 0], [50, 50]], "polygonlabels": []}}
-    with pytest.raises(SyncError, match="region without a label"):
+    with pytest.raises(RegionError, match="region without a label"):
         region_to_rle(region, 10, 10, "task 3")
 
 

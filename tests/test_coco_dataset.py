@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tsp_model.data.coco import CocoInstanceDataset, collate_fn, write_coco
+from tsp_model.data.coco import CocoInstanceDataset, collate_fn
+from tsp_model.data.coco_file import write_coco
 
 H, W = 16, 20
 

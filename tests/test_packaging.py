@@ -151,3 +151,24 @@ def test_compose_runs_label_studio_on_postgres_with_a_named_volume_and_health_ch
     assert "localhost:8080/health" in " ".join(ls["healthcheck"]["test"])
     # the import of predictions that scales with the request, not the project (see benchmarks/scaling.py)
     assert env["fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"] == "true"
+
+
+def test_help_and_status_answer_without_torch(tmp_path):
+    """Issue 25: a command that only reads files must not load torch (5 s and 800 MB before):
+    `tsp-sync --help` and `status` run where torch, torchvision and pycocotools cannot be imported."""
+    import os
+
+    work = tmp_path / "work"
+    snap = work / "snapshots" / "1"
+    snap.mkdir(parents=True)
+    (snap / "manifest.json").write_text('{"number": 1, "counts": {"tasks": 10, "labeled": 3, "pool": 7}}')
+    (tmp_path / "tsp.toml").write_text(f'[projects.ich]\nlabel_studio_project = 1\nworkdir = "{work}"\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "import_guard"),
+               TSP_TEST_DENY_MODULES="torch,torchvision,pycocotools", TSP_CONFIG=str(tmp_path / "tsp.toml"))
+    exe = str(Path(sys.executable).with_name("tsp-sync"))
+    r = subprocess.run([exe, "--help"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and "status" in r.stdout, r.stderr
+    r = subprocess.run([exe, "status", "--project", "ich"], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "snapshot 1: 10 tasks, 3 labeled" in r.stdout

@@ -13,19 +13,28 @@ import click
 __all__ = ["CliGroup", "handle_errors"]
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from tsp_cli.client import SyncError
-    from tsp_labelstudio.regions import LabelConfigError
-    from tsp_model.core.config import ConfigError
-    from tsp_model.core.records import RecordError
-    from tsp_model.data.image_io import ImageError
-    from tsp_model.engine.checkpoint import CheckpointError
-    from tsp_model.engine.train import NonFiniteLossError
-    from tsp_model.nn.model import WeightsNotFoundError
-    from tsp_model.simulation import SimulationError
+# the errors a user can act on: (module, class). An exception can only be an instance of a class
+# whose module is loaded, so checking needs no import (a failing `tsp-sync status` loads no torch).
+_EXPECTED = (
+    ("tsp_cli.client", "SyncError"),
+    ("tsp_labelstudio.regions", "LabelConfigError"),
+    ("tsp_labelstudio.regions", "RegionError"),
+    ("tsp_model.core.config", "ConfigError"),
+    ("tsp_model.core.records", "RecordError"),
+    ("tsp_model.data.image_io", "ImageError"),
+    ("tsp_model.engine.checkpoint", "CheckpointError"),
+    ("tsp_model.engine.train", "NonFiniteLossError"),
+    ("tsp_model.nn.model", "WeightsNotFoundError"),
+    ("tsp_model.simulation.settings", "SimulationError"),
+)
 
-    return (SyncError, ConfigError, CheckpointError, ImageError, LabelConfigError, RecordError, NonFiniteLossError,
-            WeightsNotFoundError, SimulationError)
+
+def _expected(exc: BaseException) -> bool:
+    for module, name in _EXPECTED:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
 
 
 def _one_line(exc: BaseException) -> str:
@@ -67,7 +76,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException as exc:
             if _interrupted(exc):
                 _exit_interrupted()
-            if isinstance(exc, _expected_errors()):
+            if _expected(exc):
                 click.echo(f"Error: {_one_line(exc)}", err=True)
                 sys.exit(1)
             raise

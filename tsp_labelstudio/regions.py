@@ -1,7 +1,9 @@
-"""Masks and scores -> Label Studio prediction dicts: the one place a region's shape is written.
+"""Label Studio regions: the one place their shape is written (masks and scores -> prediction
+dicts) and read back (an annotation's regions -> COCO masks).
 
 The backend (``tsp-backend``) and the CLI (``tsp-sync score`` pushing predictions) both call
-:func:`prediction_for_task`, so a prediction served live and one pushed by the CLI are identical.
+:func:`prediction_for_task`, so a prediction served live and one pushed by the CLI are identical;
+``tsp-sync pull`` reads annotations with :func:`region_to_rle`.
 
 One small class per control tag turns one instance into that tag's region:
 
@@ -30,12 +32,14 @@ __all__ = [
     "BrushRegions",
     "LabelConfigError",
     "PolygonRegions",
+    "RegionError",
     "RegionInstance",
     "TagTarget",
     "instances_from_record",
     "meta_text",
     "parse_label_config",
     "prediction_for_task",
+    "region_to_rle",
 ]
 
 SUPPORTED_TAGS = ("BrushLabels", "PolygonLabels")
@@ -43,6 +47,10 @@ SUPPORTED_TAGS = ("BrushLabels", "PolygonLabels")
 
 class LabelConfigError(ValueError):
     """The project's label config cannot be served; the message names the tag or labels."""
+
+
+class RegionError(ValueError):
+    """A region cannot be read as a mask of its image; the message names the task and what to do."""
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,9 @@ def _mask_array(mask: Any, height: int, width: int) -> np.ndarray:
     if isinstance(mask, dict):
         from pycocotools import mask as mask_utils
 
-        rle = dict(mask)
-        if isinstance(rle.get("counts"), str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        arr = mask_utils.decode(rle)
+        from tsp_model.core.rle import rle_for_pycocotools
+
+        arr = mask_utils.decode(rle_for_pycocotools(mask))
     else:
         arr = np.asarray(mask)
     arr = arr.astype(bool)
@@ -276,3 +283,50 @@ def prediction_for_task(
     if cluster is not None:
         pred["cluster"] = int(cluster)
     return pred
+
+
+def region_to_rle(region: dict[str, Any], width: int, height: int, where: str) -> tuple[str, dict] | None:
+    """One Label Studio region (brush RLE or polygon in percent) read back -> ``(label, COCO RLE
+    with str counts)``, or None for an empty drawing: the inverse of the regions written below.
+
+    Raises RegionError (naming ``where``) when the region cannot be a mask of this image.
+    """
+    from pycocotools import mask as mask_utils
+
+    from tsp_model.core.rle import rle_for_json
+
+    value = region.get("value") or {}
+    rtype = str(region.get("type", "")).lower()
+    ow, oh = region.get("original_width"), region.get("original_height")
+    if ow and oh and (int(ow), int(oh)) != (width, height):
+        raise RegionError(
+            f"{where}: region drawn on a {ow}x{oh} image but the task image is {width}x{height}; "
+            "re-annotate the task or restore its original image"
+        )
+    if rtype == "brushlabels" or "rle" in value:
+        from label_studio_sdk.converter.brush import decode_rle
+
+        labels = value.get("brushlabels") or []
+        rle = value.get("rle")
+        if value.get("format", "rle") != "rle" or not rle:
+            raise RegionError(f"{where}: brush region without RLE data; re-draw it in Label Studio")
+        flat = decode_rle(rle)
+        if flat.size != width * height * 4:
+            raise RegionError(
+                f"{where}: brush RLE holds {flat.size // 4} pixels, the image {width * height}; re-draw the region"
+            )
+        mask = flat.reshape(height, width, 4)[:, :, 3] > 0
+    elif rtype == "polygonlabels" or "points" in value:
+        labels = value.get("polygonlabels") or []
+        points = value.get("points") or []
+        if len(points) < 3:
+            return None
+        flat_pts = [coord for x, y in points for coord in (x / 100.0 * width, y / 100.0 * height)]
+        mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([flat_pts], height, width))) > 0
+    else:
+        return None
+    if not labels:
+        raise RegionError(f"{where}: region without a label; pick a label for it in Label Studio")
+    if not mask.any():
+        return None
+    return str(labels[0]), rle_for_json(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))

@@ -37,20 +37,21 @@ from typing import Any
 
 import click
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from tsp_cli.client import LSProject, SyncError, iter_tasks
 from tsp_cli.context import CliContext, project_option
 from tsp_cli.errors import handle_errors
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_json, default_mode, read_json
+from tsp_labelstudio.regions import region_to_rle
 from tsp_model.core.atomic import atomic_write_bytes
-from tsp_model.data.coco import write_coco
+from tsp_model.core.rle import rle_for_pycocotools
+from tsp_model.data.coco_file import write_coco
 from tsp_model.data.image_io import ImageError, read_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PullResult", "choose_annotation", "pull", "region_to_rle"]
+__all__ = ["PullResult", "choose_annotation", "pull"]
 
 
 @dataclass
@@ -79,50 +80,6 @@ def choose_annotation(annotations: list[dict[str, Any]]) -> tuple[dict[str, Any]
     gt = [a for a in finished if a.get("ground_truth")]
     pick = max(gt or finished, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
     return pick, False
-
-
-def region_to_rle(region: dict[str, Any], width: int, height: int, where: str) -> tuple[str, dict] | None:
-    """One Label Studio region -> ``(label, COCO RLE)``, or None for an empty drawing.
-
-    Raises SyncError when the region's size disagrees with the image's.
-    """
-    value = region.get("value") or {}
-    rtype = str(region.get("type", "")).lower()
-    ow, oh = region.get("original_width"), region.get("original_height")
-    if ow and oh and (int(ow), int(oh)) != (width, height):
-        raise SyncError(
-            f"{where}: region drawn on a {ow}x{oh} image but the task image is {width}x{height}; "
-            "re-annotate the task or restore its original image"
-        )
-    if rtype == "brushlabels" or "rle" in value:
-        from label_studio_sdk.converter.brush import decode_rle
-
-        labels = value.get("brushlabels") or []
-        rle = value.get("rle")
-        if value.get("format", "rle") != "rle" or not rle:
-            raise SyncError(f"{where}: brush region without RLE data; re-draw it in Label Studio")
-        flat = decode_rle(rle)
-        if flat.size != width * height * 4:
-            raise SyncError(
-                f"{where}: brush RLE holds {flat.size // 4} pixels, the image {width * height}; re-draw the region"
-            )
-        mask = flat.reshape(height, width, 4)[:, :, 3] > 0
-    elif rtype == "polygonlabels" or "points" in value:
-        labels = value.get("polygonlabels") or []
-        points = value.get("points") or []
-        if len(points) < 3:
-            return None
-        flat_pts = [coord for x, y in points for coord in (x / 100.0 * width, y / 100.0 * height)]
-        mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([flat_pts], height, width))) > 0
-    else:
-        return None
-    if not labels:
-        raise SyncError(f"{where}: region without a label; pick a label for it in Label Studio")
-    if not mask.any():
-        return None
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return str(labels[0]), rle
 
 
 def _image_ext(data: bytes) -> str:
@@ -226,6 +183,8 @@ def fetch_tasks(client: Any, project: LSProject, value_key: str) -> tuple[list[d
 
 def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, progress: bool = True) -> PullResult:
     """Export finished annotations of ``project`` into a new snapshot of ``workdir``."""
+    from pycocotools import mask as mask_utils
+
     from tsp_labelstudio.images import ImageFetcher
     from tsp_labelstudio.regions import LabelConfigError, parse_label_config
 
@@ -290,8 +249,8 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
                     "image_id": tid,
                     "category_id": cat_id[label],
                     "segmentation": rle,
-                    "area": float(mask_utils.area({**rle, "counts": rle["counts"].encode("ascii")})),
-                    "bbox": [float(v) for v in mask_utils.toBbox({**rle, "counts": rle["counts"].encode("ascii")})],
+                    "area": float(mask_utils.area(rle_for_pycocotools(rle))),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle_for_pycocotools(rle))],
                     "iscrowd": 0,
                 })
             n_empty += int(len(annotations) == n_before)

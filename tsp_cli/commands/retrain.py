@@ -58,7 +58,7 @@ def holdout_split(image_ids: list[int], fraction: float) -> tuple[list[int], lis
 
 
 def _write_split(snap: Snapshot, ids: list[int], path: Path) -> Path:
-    from tsp_model.data.coco import write_coco
+    from tsp_model.data.coco_file import write_coco
 
     doc = json.loads(snap.annotations.read_text())
     keep = set(ids)

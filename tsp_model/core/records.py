@@ -22,6 +22,7 @@ from typing import Any
 
 from tsp_model.core.atomic import atomic_open
 from tsp_model.core.config import ActiveConfig
+from tsp_model.core.rle import rle_for_json
 from tsp_model.core.scoring import scored_image_score
 
 __all__ = [
@@ -60,16 +61,7 @@ def _check_keys(kind: str, d: Any, known: tuple[str, ...], required: tuple[str, 
 
 
 def _plain_mask(mask: dict | None) -> dict | None:
-    """COCO RLE with ``counts`` as str (pycocotools returns bytes) and ``size`` as ints."""
-    if mask is None:
-        return None
-    out = dict(mask)
-    counts = out.get("counts")
-    if isinstance(counts, bytes):
-        out["counts"] = counts.decode("ascii")
-    if "size" in out:
-        out["size"] = [int(v) for v in out["size"]]
-    return out
+    return None if mask is None else rle_for_json(mask)
 
 
 @dataclass

@@ -19,13 +19,16 @@ numbers, not an estimate of a larger population. Note ``torch.std`` defaults to 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 
-ArrayLike = Union[torch.Tensor, np.ndarray, float, Sequence[float]]
+if TYPE_CHECKING:
+    import torch
+
+ArrayLike = Union["torch.Tensor", np.ndarray, float, Sequence[float]]
 
 __all__ = [
     "EMPTY_IMAGE_RULES",
@@ -39,16 +42,22 @@ __all__ = [
 ]
 
 
+def _tensor(x: Any) -> bool:
+    # a tensor can only exist once torch is loaded: the pure maths import no torch themselves
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _is_torch(*xs: Any) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in xs)
+    return any(_tensor(x) for x in xs)
 
 
 def _exp_neg_std_times_mean(x: Any) -> Any:
     """``exp(-std(x)) * mean(x)`` over the last axis, population std; the form of eq. 2 and 3."""
-    if isinstance(x, torch.Tensor):
+    if _tensor(x):
         if x.numel() == 0:  # N = 0 instances: torch.std would warn about zero elements
             return x.new_zeros(x.shape[:-1])
-        return torch.exp(-x.std(dim=-1, correction=0)) * x.mean(dim=-1)
+        return (-x.std(dim=-1, correction=0)).exp() * x.mean(dim=-1)
     x = np.asarray(x, dtype=np.float64)
     return np.exp(-x.std(axis=-1, ddof=0)) * x.mean(axis=-1)
 
@@ -66,7 +75,8 @@ def instance_score(c: ArrayLike, b: ArrayLike, m: ArrayLike) -> Any:
         otherwise a numpy array / numpy float64.
     """
     if _is_torch(c, b, m):
-        ref = next(x for x in (c, b, m) if isinstance(x, torch.Tensor))
+        torch = sys.modules["torch"]
+        ref = next(x for x in (c, b, m) if _tensor(x))
         dtype = ref.dtype if ref.is_floating_point() else torch.float32
         c, b, m = (torch.as_tensor(x, dtype=dtype, device=ref.device) for x in (c, b, m))
         c, b, m = torch.broadcast_tensors(c, b, m)
@@ -90,11 +100,11 @@ def image_score(s: ArrayLike, empty_score: float = 1.0) -> Any:
     Returns:
         S: a 0-d tensor if ``s`` is a tensor, otherwise a numpy float64.
     """
-    if isinstance(s, torch.Tensor):
+    if _tensor(s):
         s = s.reshape(-1)
         if s.numel() == 0:
-            dtype = s.dtype if s.is_floating_point() else torch.float32
-            return torch.tensor(float(empty_score), dtype=dtype, device=s.device)
+            dtype = s.dtype if s.is_floating_point() else sys.modules["torch"].float32
+            return s.new_tensor(float(empty_score), dtype=dtype)
         return _exp_neg_std_times_mean(s)
     s = np.asarray(s, dtype=np.float64).reshape(-1)
     if s.size == 0:
@@ -150,7 +160,7 @@ def scored_image_score(
     Returns:
         S as a Python float.
     """
-    c, b, m = (np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
+    c, b, m = (np.asarray(x.detach().cpu() if _tensor(x) else x, dtype=np.float64).reshape(-1)
                for x in (c, b, m))
     scored = c >= score_threshold
     if scored.any():
@@ -177,7 +187,8 @@ def pseudo_label_keep(
         BoolTensor[N] if any input is a tensor, else a numpy bool array (np.bool_ for scalars).
     """
     if _is_torch(c, b, m):
-        ref = next(x for x in (c, b, m) if isinstance(x, torch.Tensor))
+        torch = sys.modules["torch"]
+        ref = next(x for x in (c, b, m) if _tensor(x))
         c, b, m = (torch.as_tensor(x, device=ref.device) for x in (c, b, m))
         return (c > sigma_c) & (b > sigma_b) & (m > sigma_m)
     c, b, m = (np.asarray(x, dtype=np.float64) for x in (c, b, m))
@@ -197,10 +208,10 @@ def class_entropy(probs: ArrayLike) -> Any:
     Returns:
         FloatTensor[N] (or numpy float64 [N]); a uniform row over C classes gives log(C).
     """
-    if isinstance(probs, torch.Tensor):
+    if _tensor(probs):
         if not probs.is_floating_point():
             probs = probs.float()
-        return torch.special.entr(probs).sum(dim=-1)
+        return sys.modules["torch"].special.entr(probs).sum(dim=-1)
     p = np.asarray(probs, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
@@ -216,7 +227,7 @@ def mean_class_entropy(probs: ArrayLike) -> float:
         probs: FloatTensor[N, C] (or numpy).
     """
     h = class_entropy(probs)
-    if isinstance(h, torch.Tensor):
+    if _tensor(h):
         return float(h.mean()) if h.numel() else 0.0
     h = np.asarray(h)
     return float(h.mean()) if h.size else 0.0

@@ -61,39 +61,6 @@ def empty_target(height: int, width: int, image_id: int | str, pseudo: bool = Fa
     }
 
 
-def write_coco(
-    path: str | Path,
-    images: Sequence[Mapping[str, Any]],
-    annotations: Sequence[Mapping[str, Any]],
-    categories: Sequence[Mapping[str, Any]],
-    info: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a COCO instances json atomically (temp file in the same folder, then ``os.replace``).
-
-    RLE ``counts`` given as bytes are decoded to str so the file is valid JSON. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def _jsonable(ann: Mapping[str, Any]) -> dict[str, Any]:
-        ann = dict(ann)
-        seg = ann.get("segmentation")
-        if isinstance(seg, Mapping) and isinstance(seg.get("counts"), bytes):
-            ann["segmentation"] = {**seg, "counts": seg["counts"].decode("ascii")}
-        return ann
-
-    doc: dict[str, Any] = {}
-    if info is not None:
-        doc["info"] = dict(info)
-    doc["images"] = [dict(im) for im in images]
-    doc["annotations"] = [_jsonable(a) for a in annotations]
-    doc["categories"] = [dict(c) for c in categories]
-
-    with atomic_open(path) as f:
-        json.dump(doc, f, separators=(",", ":"))
-    return path
-
-
 def _load_coco(source: str | Path | Mapping[str, Any]) -> COCO:
     """Build a pycocotools COCO index from a json path or an in-memory dict, quietly."""
     coco = COCO()

@@ -22,9 +22,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 try:  # optional: the "dev" extra installs it
     import tifffile
@@ -202,6 +206,8 @@ def verify_image(path: str | Path) -> tuple[int, int]:
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
     """``float32 [H, W, 3]`` array -> ``FloatTensor[3, H, W]`` (a copy, contiguous)."""
+    import torch  # late: reading an image must not load torch (tsp-sync pull, status)
+
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"to_tensor expects an [H, W, 3] array, got shape {tuple(arr.shape)}")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).contiguous()

@@ -26,6 +26,7 @@ from pycocotools import mask as mask_utils
 from tsp_model.data.image_io import ImageError, read_image, to_tensor, verify_image
 from tsp_model.data.transforms import Compose, train_transforms
 from tsp_model.core.records import ImageScore, InstanceScore
+from tsp_model.core.rle import rle_for_pycocotools
 from tsp_model.core.scoring import pseudo_label_keep
 
 __all__ = ["PseudoLabelDataset"]
@@ -35,12 +36,10 @@ log = logging.getLogger(__name__)
 
 def _checked_rle(inst: InstanceScore, height: int, width: int, where: str) -> dict[str, Any]:
     """The instance's COCO RLE with ``counts`` as bytes, after checking its size."""
-    rle = dict(inst.mask)
+    rle = rle_for_pycocotools(inst.mask)
     size = [int(v) for v in rle.get("size", ())]
     if size != [height, width] or "counts" not in rle:
         raise ValueError(f"{where}: mask RLE size {size} disagrees with image size {[height, width]}")
-    if isinstance(rle["counts"], str):
-        rle["counts"] = rle["counts"].encode("ascii")
     return rle
 
 

@@ -25,6 +25,7 @@ from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from tsp_model.core.rle import rle_for_json
 from tsp_model.engine.amp import autocast
 
 # probability -> binary mask for a model without its own ``mask_threshold`` (torchvision's
@@ -34,19 +35,14 @@ MASK_THRESHOLD = 0.5
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     """Binary mask bool/uint8[H, W] -> COCO RLE with ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return rle_for_json(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
 
 
 def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
     """Binary masks bool/uint8[N, H, W] -> N COCO RLEs in one pycocotools call (JSON-ready)."""
     if len(masks) == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+    return [rle_for_json(r) for r in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))]
 
 
 def _summarize(gt: COCO, results: list[dict], iou_type: str, img_ids: Sequence[int]) -> COCOeval:

@@ -17,17 +17,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from tsp_model.core.records import ImageScore
+from tsp_model.core.rle import rle_for_pycocotools
 
 __all__ = ["calibration", "detection_truth", "spearman"]
 
 GroundTruth = Sequence[tuple[str, dict[str, Any]]]  # (class name, RLE with bytes counts)
-
-
-def _bytes_rle(mask: dict[str, Any]) -> dict[str, Any]:
-    rle = dict(mask)
-    if isinstance(rle["counts"], str):
-        rle["counts"] = rle["counts"].encode("ascii")
-    return rle
 
 
 def detection_truth(record: ImageScore, truth: GroundTruth) -> list[dict[str, float]]:
@@ -37,10 +31,10 @@ def detection_truth(record: ImageScore, truth: GroundTruth) -> list[dict[str, fl
     for inst in record.instances:
         if inst.mask is None:
             continue
-        same = [_bytes_rle(g) for name, g in truth if name == inst.category]
+        same = [rle_for_pycocotools(g) for name, g in truth if name == inst.category]
         mask_iou = box_iou = 0.0
         if same:
-            pred = _bytes_rle(inst.mask)
+            pred = rle_for_pycocotools(inst.mask)
             crowd = [0] * len(same)
             mask_iou = float(np.max(mask_utils.iou([pred], same, crowd)))
             x1, y1, x2, y2 = inst.box

@@ -17,6 +17,7 @@ from tsp_model.engine.checkpoint import load_model
 from tsp_model.engine.evaluate import evaluate
 from tsp_model.engine.predict import PoolDataset, predict_images
 from tsp_model.core.records import ImageScore
+from tsp_model.core.rle import rle_for_pycocotools
 from tsp_model.simulation.calibration import calibration
 from tsp_model.simulation.oracle import ground_truth, match_instances
 
@@ -67,7 +68,7 @@ def preannotation_cost(checkpoint: Path, dataset: CocoInstanceDataset, threshold
         shown = total_false = matched = 0
         for r in records:
             insts = sorted((i for i in r.instances if i.c >= t and i.mask is not None
-                            and mask_utils.area({"size": i.mask["size"], "counts": i.mask["counts"].encode()}) > 0),
+                            and mask_utils.area(rle_for_pycocotools(i.mask)) > 0),
                            key=lambda i: -i.c)
             flags, hit = match_instances([(i.category, i.mask) for i in insts], truth[r.image_id])
             shown += len(insts)

@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 
 from tsp_model.data.coco import CocoInstanceDataset
 from tsp_model.core.records import ImageScore
+from tsp_model.core.rle import rle_for_pycocotools
 from tsp_model.core.scoring import pseudo_label_keep
 
 __all__ = ["Oracle", "OracleLeak", "match_instances", "pseudo_label_precision", "threshold_stats"]
@@ -83,20 +84,11 @@ def ground_truth(dataset: CocoInstanceDataset, image_id: int) -> list[tuple[str,
     for ann in coco.imgToAnns.get(int(image_id), []):
         if ann.get("iscrowd", 0) or not ann.get("segmentation"):
             continue
-        rle = dict(coco.annToRLE(ann))
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
+        rle = rle_for_pycocotools(coco.annToRLE(ann))
         if list(rle.get("size", ())) != [info["height"], info["width"]]:
             continue
         out.append((cats[ann["category_id"]], rle))
     return out
-
-
-def _bytes_rle(mask: dict[str, Any]) -> dict[str, Any]:
-    rle = dict(mask)
-    if isinstance(rle["counts"], str):
-        rle["counts"] = rle["counts"].encode("ascii")
-    return rle
 
 
 def match_instances(
@@ -111,7 +103,7 @@ def match_instances(
         best, best_j = iou, None
         cands = [(j, g) for j, (gname, g) in enumerate(truth) if gname == name and j not in used]
         if cands:
-            ious = np.asarray(mask_utils.iou([_bytes_rle(rle)], [g for _, g in cands], [0] * len(cands))).reshape(-1)
+            ious = np.asarray(mask_utils.iou([rle_for_pycocotools(rle)], [g for _, g in cands], [0] * len(cands))).reshape(-1)
             for (j, _), v in zip(cands, ious):
                 if v >= best:
                     best, best_j = float(v), j

@@ -55,7 +55,8 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from tsp_model.core.atomic import atomic_save
-from tsp_model.data.coco import write_coco
+from tsp_model.core.rle import rle_for_json
+from tsp_model.data.coco_file import write_coco
 
 __all__ = [
     "CATEGORIES",
@@ -459,7 +460,7 @@ def _write_slice(out_dir: Path, file_name: str, sl: PhantomSlice, image_id: int,
             "id": len(annotations) + 1,
             "image_id": image_id,
             "category_id": cat,
-            "segmentation": {"size": [size, size], "counts": rle["counts"].decode("ascii")},
+            "segmentation": rle_for_json(rle),
             "area": float(mask_utils.area(rle)),
             "bbox": [float(v) for v in mask_utils.toBbox(rle)],
             "iscrowd": 0,
