@@ -112,7 +112,8 @@ def test_random_is_reproducible_per_snapshot(project) -> None:
     cfg = _settings(wd, strategy="random").train_config()
     q = pool_queue(wd, snap, ckpt, cfg, progress=False)
     records = list(q.records)
-    order = np.random.default_rng(cfg.train.seed + snap.number).permutation(len(records))
+    # the seed of the replay's cycle that queues this snapshot's model: snapshot number + 1
+    order = np.random.default_rng(cfg.train.seed + snap.number + 1).permutation(len(records))
     n = len(records)
     assert q.priority == {int(records[i].image_id): k / n for k, i in enumerate(order)}
     assert pool_queue(wd, snap, ckpt, cfg, progress=False).priority == q.priority
@@ -153,17 +154,14 @@ def test_clusters_none_pushes_no_cluster_and_no_labeled_predictions(project) -> 
 
 
 def test_series_clusters_follow_the_dicom_series_of_each_task() -> None:
-    from tsp_cli.priority import queue_clusters
-    from tsp_model.core.config import TSPConfig
+    from tsp_model.al.diversity import assign_clusters
     from tsp_model.core.records import ImageScore
 
-    cfg = TSPConfig()
-    cfg.active.cluster_source = "series"
     recs = [ImageScore(i, f"{i}.png", 8, 8, S=0.5) for i in (1, 2, 3)]
     lab = [ImageScore(4, "4.png", 8, 8, S=0.5)]
     series = {1: "1.2.840.9", 2: "1.2.840.7", 3: "1.2.840.9", 4: "1.2.840.7"}
     # series numbered in sorted order: ...7 -> 0, ...9 -> 1
-    assert queue_clusters(recs, lab, cfg, series) == {1: 1, 2: 0, 3: 1, 4: 0}
+    assert assign_clusters(recs, lab, "series", budget=2, seed=0, series=series) == {1: 1, 2: 0, 3: 1, 4: 0}
 
 
 def _checkpoint_with(model_dir: Path, **model) -> Path:

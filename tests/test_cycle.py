@@ -19,6 +19,7 @@ def test_two_cycles(tmp_path, oracle):
     cfg = tiny_config(epochs=1)
     cfg.active.budget = 2
     cfg.active.strategy = "tsp"
+    cfg.active.cluster_source = "none"  # the queue is the S_i order alone
     cfg.model.box_detections_per_img = 5
     # thresholds at 0: every predicted instance of an unselected image becomes a pseudo label
     cfg.active.sigma_c = cfg.active.sigma_b = cfg.active.sigma_m = 0.0

@@ -29,6 +29,7 @@ def test_second_cycle_selects_with_the_baseline(tmp_path, oracle, strategy, mode
     cfg.active.strategy = strategy
     cfg.active.mc_passes = 3
     cfg.active.pseudo_labels = False
+    cfg.active.cluster_source = "none"  # the strategy's own order, no clusters in the queue
     cfg.model.box_detections_per_img = 5
     for key, value in model_overrides.items():
         setattr(cfg.model, key, value)

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
         (work / f"rank{rank}.txt").write_text(f"{du.get_world_size()} {weights_digest(params, 40)}")
 
     out = train_from_files(config_path=work / "cfg.toml", labeled=work / "data" / "annotations.json",
-                           images=work / "data" / "images", out=work / "m.pt", on_epoch_end=hook)
+                           images=work / "data" / "images", out=work / "m.pt", on_epoch_end=hook).checkpoint
     loaded = load_model(out)
     dist = du.init_distributed("cpu")
     score_pool(loaded.model, PoolDataset.from_folder(work / "data" / "images"),

@@ -23,7 +23,6 @@ predicted loss (``learning_loss``: a checkpoint trained with ``model.learning_lo
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ __all__ = [
     "check_checkpoint_supports",
     "pool_queue",
     "queue_predictions",
-    "queue_clusters",
     "queue_version",
     "resolve_strategy",
     "snapshot_series",
@@ -51,7 +49,7 @@ __all__ = [
 DEFAULT_STRATEGY = "tsp"
 _SEP = "+"  # "<checkpoint version>+<strategy>"; make_model_version never writes a "+"
 
-# scoring_options key -> the extras key each record must then hold
+# scoring_needs key -> the extras key each record must then hold
 _EXTRAS = {"embeddings": "embedding", "mc_passes": "mc_uncertainty"}
 
 
@@ -148,6 +146,7 @@ class PoolQueue:
     scores_path: Path  # pool score file: S_i, c, b, m, s per task
     records: Iterable[ImageScore]  # the score file's records, read one at a time (ScoreRecords)
     priority: dict[int, float]  # task id -> pushed score (S_i for tsp; rank / N otherwise)
+    order: list[int] = field(default_factory=list)  # task ids as Label Studio serves one annotator
     labeled: list[ImageScore] = field(default_factory=list)  # the snapshot's labeled tasks, scored
     clusters: dict[int, int] = field(default_factory=dict)  # task id -> cluster (pool and labeled)
 
@@ -161,111 +160,60 @@ def snapshot_series(snap: Any) -> dict[int, str]:
     return out
 
 
-def queue_clusters(records: Iterable[ImageScore], labeled: Iterable[ImageScore], cfg: TSPConfig,
-                   series: dict[int, str] | None = None) -> dict[int, int]:
-    """Task id -> cluster for Label Studio's per-annotator order, over pool and labeled tasks.
-
-    ``active.cluster_source``: ``"series"`` numbers the DICOM series (when every task has one;
-    otherwise it falls back to embeddings with a warning), ``"embedding"`` runs k-means on the
-    FPN embeddings with k = :func:`tsp_model.al.diversity.cluster_count` (b = ``active.budget``),
-    ``"none"`` gives no clusters. The records are read once, keeping ids and embeddings only.
-    """
-    import logging
-
-    import numpy as np
-
-    from tsp_model.al.diversity import cluster_count, embedding_clusters
-    from tsp_model.engine.embeddings import decode_embedding
-
-    source = cfg.active.cluster_source
-    if source == "none":
-        return {}
-    ids: list[int] = []
-    vectors: list[np.ndarray] = []
-    for rec in itertools.chain(records, labeled):
-        ids.append(int(rec.image_id))
-        if "embedding" in rec.extras:
-            vectors.append(decode_embedding(rec.extras["embedding"], name=f"task {rec.image_id}"))
-    if not ids:
-        return {}
-    if source == "series":
-        series = series or {}
-        if all(i in series for i in ids):
-            names = sorted({series[i] for i in ids})
-            index = {name: k for k, name in enumerate(names)}
-            return {i: index[series[i]] for i in ids}
-        missing = sum(i not in series for i in ids)
-        logging.getLogger(__name__).warning(
-            "active.cluster_source = 'series': %d of %d tasks have no DICOM series (SeriesInstanceUID); "
-            "clustering embeddings instead", missing, len(ids))
-    if len(vectors) != len(ids):
-        raise ConfigError(f"active.cluster_source = {source!r}: {len(ids) - len(vectors)} score records have no "
-                          "embedding; run tsp-sync score again")
-    labels = embedding_clusters(np.stack(vectors), cluster_count(len(ids), cfg.active.budget), seed=cfg.train.seed)
-    return {i: int(c) for i, c in zip(ids, labels)}
-
-
 def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, gpus: int = 1,
                progress: bool = True) -> PoolQueue:
-    """Score the snapshot's pool with ``checkpoint`` (with what ``active.strategy`` and the
-    clusters need; ``gpus`` torchrun processes when > 1) and compute every task's queue score and
-    cluster. ``tsp`` reads the score file one record at a time; the other strategies rank the
-    whole pool, so they hold its records while ranking.
+    """Score the snapshot's pool with ``checkpoint`` (with what the queue needs,
+    :func:`tsp_model.al.cycle.scoring_needs`; ``gpus`` torchrun processes when > 1) and queue it
+    as the replay does (:func:`tsp_model.al.cycle.queue_order`: clusters, queue scores, the
+    order served). For ``tsp`` the queue holds each record's ``S_i`` and extras only; the other
+    strategies rank whole records.
 
     Raises:
         ConfigError: unknown strategy, or the checkpoint lacks what the strategy needs.
     """
+    from tsp_cli.client import SyncError
     from tsp_cli.commands.retrain import score_snapshot_pool
-    from tsp_model.al.strategies import get_strategy, priority_scores, scoring_options
+    from tsp_model.al.cycle import queue_order, scoring_needs
+    from tsp_model.al.strategies import get_strategy
     from tsp_model.core.records import iter_jsonl, rescored, write_jsonl
     from tsp_model.engine.checkpoint import load_checkpoint
 
     strategy = resolve_strategy(cfg)
     check_checkpoint_supports(strategy, load_checkpoint(checkpoint), checkpoint)
-    strat = get_strategy(strategy, cfg.active)
-    opts = dict(scoring_options(strat, cfg.active.mc_passes))
-    clustered = cfg.active.cluster_source != "none"
-    if clustered:
-        opts["embeddings"] = True  # the embedding clusters (and the fallback of "series")
+    needs = scoring_needs(cfg.active)
     path, version = score_snapshot_pool(workdir, snap, checkpoint, cfg, gpus=gpus, progress=progress,
-                                        embeddings=bool(opts["embeddings"]), mc_passes=int(opts["mc_passes"]))
+                                        embeddings=bool(needs["embeddings"]), mc_passes=int(needs["mc_passes"]))
     records = ScoreRecords(path)
-    if _missing_extras(records, opts, strat.needs):
+    if _missing_extras(records, needs, get_strategy(strategy).needs):
         # the reused score file was written for another strategy: score again with its data
         score_pool_file(checkpoint, cfg, snap.unlabeled, snap.image_dir, path, gpus=gpus, progress=progress,
-                        embeddings=bool(opts["embeddings"]), mc_passes=int(opts["mc_passes"]))
+                        embeddings=bool(needs["embeddings"]), mc_passes=int(needs["mc_passes"]))
     # a reused score file keeps every detection: S_i follows the current thresholds without new
     # inference, and the file is rewritten (streamed) so that it always holds the S_i pushed
     if any(rescored(r, cfg.active) is not r for r in records):
         write_jsonl(path, (rescored(r, cfg.active) for r in iter_jsonl(path)))
 
     labeled: list[ImageScore] = []
-    if opts["score_labeled"] or clustered:
+    if needs["score_labeled"]:
         labeled = [rescored(r, cfg.active)
                    for r in labeled_records(workdir, snap, checkpoint, cfg, version, gpus=gpus, progress=progress)]
-    clusters = queue_clusters(records, labeled, cfg, snapshot_series(snap)) if clustered else {}
-    for rec in labeled:
-        if int(rec.image_id) in clusters:
-            rec.extras["cluster"] = clusters[int(rec.image_id)]
-
-    if strategy == DEFAULT_STRATEGY:
-        priority = {int(r.image_id): float(r.S) for r in records}
-    else:
-        pool = list(records)
-        for rec in pool:  # the strategy (tsp_diverse) uses the same clusters as the queue
-            if int(rec.image_id) in clusters:
-                rec.extras["cluster"] = clusters[int(rec.image_id)]
-        # core_set ranks greedily in O(N^2 D): order the first active.budget picks, the rest share 1.0
-        budget = cfg.active.budget if strategy == "core_set" else None
-        try:
-            ranks = priority_scores(pool, strat, seed=cfg.train.seed + snap.number, labeled=labeled, budget=budget)
-        except ValueError as exc:  # a score record without the strategy's data (names the image)
-            from tsp_cli.client import SyncError
-
-            raise SyncError(f"active.strategy = {strategy!r}: {exc}") from None
-        priority = {int(k): float(v) for k, v in ranks.items()}
+    pool = [_queue_entry(r) for r in records] if strategy == DEFAULT_STRATEGY else list(records)
+    try:
+        # snapshot n's model queues what the replay's cycle n + 1 queues (M_n's pool scores)
+        queue = queue_order(pool, labeled, cfg.active, seed=cfg.train.seed + snap.number + 1,
+                            series=snapshot_series(snap))
+    except ValueError as exc:  # a score record without the strategy's or the clusters' data (names it)
+        raise SyncError(f"active.strategy = {strategy!r}: {exc}; run tsp-sync score again") from None
     return PoolQueue(strategy=strategy, model_version=version, queue_version=queue_version(version, strategy),
-                     scores_path=path, records=records, priority=priority, labeled=labeled, clusters=clusters)
+                     scores_path=path, records=records, priority={int(k): float(v) for k, v in queue.priority.items()},
+                     order=[int(i) for i in queue.order], labeled=labeled,
+                     clusters={int(k): int(v) for k, v in queue.clusters.items()})
+
+
+def _queue_entry(rec: ImageScore) -> ImageScore:
+    """What the ``tsp`` queue reads of a record (S_i, extras): a large pool's masks stay on disk."""
+    return ImageScore(rec.image_id, rec.file_name, rec.width, rec.height, S=rec.S, extras=dict(rec.extras),
+                      model_version=rec.model_version)
 
 
 def queue_predictions(queue: PoolQueue, target: Any, show_threshold: float) -> Iterator[tuple[int, dict[str, Any]]]:

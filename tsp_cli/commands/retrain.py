@@ -1,12 +1,14 @@
 """``tsp-sync retrain``: pseudo labels from the current model, then train on labeled + pseudo.
 
-One cycle of Algorithm 1 (section 3.2) on the latest snapshot:
+Step 1 of a cycle (:mod:`tsp_model.al.cycle`) on the latest snapshot:
 
 1. the newest checkpoint in ``model_dir`` (if any) scores the unlabeled pool; its confident
    instances (``c > sigma_c``, ``b > sigma_b``, ``m > sigma_m``) become pseudo labels trained
    with eq. 4 and weighted by beta in eq. 5. The first cycle has no model: labeled set alone.
-2. training (``tsp_model.engine.train``) runs in ``<workdir>/runs/s<snapshot>-<init version>/``
-   and resumes there after an interruption; ``--gpus N`` (N > 1) launches torchrun itself.
+2. training runs :func:`tsp_model.engine.train.train_with_pseudo_labels` (the replay's training
+   step too), from the current model's weights (``active.finetune``), in
+   ``<workdir>/runs/s<snapshot>-<init version>/``, and resumes there after an interruption;
+   ``--gpus N`` (N > 1) launches torchrun itself.
 3. the finished checkpoint is copied atomically to ``model_dir/<model_version>.pt``, where the
    backend's hot reload picks it up. A held-out labeled split (``holdout_fraction``) is never
    trained on and gives the new model's mAP.
@@ -24,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from tsp_cli.client import SyncError
 from tsp_cli.context import CliContext, gpus_option, project_option
@@ -72,19 +73,12 @@ def _write_split(snap: Snapshot, ids: list[int], path: Path) -> Path:
 
 
 def pseudo_counts(records: list[Any], sigma_c: float, sigma_b: float, sigma_m: float) -> tuple[int, int]:
-    """``(images, instances)`` that become pseudo labels under the eq. 4 thresholds."""
-    from tsp_model.core.scoring import pseudo_label_keep
+    """``(images, instances)`` that become pseudo labels under the eq. 4 thresholds (with a mask)."""
+    from tsp_model.core.records import pseudo_instances
 
     images = instances = 0
     for rec in records:
-        inst = [i for i in rec.instances if i.mask is not None]
-        if not inst:
-            continue
-        keep = np.asarray(pseudo_label_keep(
-            np.array([i.c for i in inst]), np.array([i.b for i in inst]), np.array([i.m for i in inst]),
-            sigma_c=sigma_c, sigma_b=sigma_b, sigma_m=sigma_m,
-        ))
-        k = int(keep.sum())
+        k = sum(i.mask is not None for i in pseudo_instances(rec, sigma_c=sigma_c, sigma_b=sigma_b, sigma_m=sigma_m))
         images += int(k > 0)
         instances += k
     return images, instances
@@ -171,12 +165,13 @@ def retrain(
             pseudo_path = None
 
     out = run_dir / "model.pt"
+    init = current if cfg.active.finetune else None  # M_k from M_{k-1}'s weights, or from scratch
     args = ["--config", str(config_path), "--labeled", str(train_json), "--images", str(snap.image_dir),
             "--out", str(out), "--resume"]
     if pseudo_path is not None:
         args += ["--pseudo", str(pseudo_path), "--pseudo-images", str(snap.image_dir)]
-    if current is not None:
-        args += ["--init", str(current)]
+    if init is not None:
+        args += ["--init", str(init)]
     if gpus > 1:
         torchrun(gpus, "tsp_model.engine.train", args, failure=(
             "distributed training exited with code {rc} (see the log above); fix the cause and re-run "
@@ -186,7 +181,7 @@ def retrain(
             train_from_files(
                 config_path=config_path, labeled=train_json, images=snap.image_dir, out=out,
                 pseudo=pseudo_path, pseudo_images=snap.image_dir if pseudo_path else None,
-                init=current, resume=True, progress=progress,
+                init=init, resume=True, progress=progress,
             )
         except (ValueError, FileNotFoundError) as exc:
             raise SyncError(f"training on snapshot {snap.number} failed: {exc}") from None

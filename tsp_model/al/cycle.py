@@ -1,14 +1,23 @@
-"""One cycle of Algorithm 1 (semi-supervised active learning via triplet scoring predictions).
+"""One cycle of Algorithm 1: the same code whether people label (``tsp-sync``) or an oracle does
+(``tsp-sync simulate``).
 
-Cycle 1 (no previous model): ``b`` pool images are labeled (random, or typical and diverse with
-``active.first_batch = "typiclust"``) and a model is trained on them.
-Later cycles: the previous model scores every pool image (eq. 2, eq. 3), the strategy picks the
-``b`` images to label, the confident instances of the rest (``c > sigma_c`` and ``b > sigma_b``
-and ``m > sigma_m``) become pseudo labels, and a model is trained on labeled + pseudo (eq. 5).
+The three steps of a cycle, each one function that both callers use:
 
-Labels are revealed only through ``dataset.subset(labeled ids)``: the pool is read as images
-alone. With an oracle data set (the benchmark) this replays the paper; with Label Studio the
-CLI does the same steps with people as the oracle.
+1. **train** M_k on the labeled images plus the pseudo labels of the previous model's pool
+   scores (eq. 4-5): :func:`tsp_model.engine.train.train_with_pseudo_labels` (``tsp-sync
+   retrain``, also under torchrun; here :func:`run_cycle`), from M_{k-1}'s weights when
+   ``active.finetune``;
+2. **score** the pool with what the queue needs (:func:`scoring_needs`):
+   :func:`tsp_model.engine.predict.score_pool`;
+3. **queue** the pool (:func:`queue_order`): the clusters of pool and labeled images (one rule,
+   :func:`tsp_model.al.diversity.assign_clusters`), each image's queue score (``S_i`` for
+   ``tsp``, the strategy's rank otherwise) and the order in which Label Studio's Uncertainty
+   sampling serves them (the lowest score of the least-labeled cluster first).
+
+People label from the front of that queue; the replay's oracle labels its first b.
+:func:`run_cycle` is cycle k of Algorithm 1 for the replay: the queue of M_{k-1}'s pool scores,
+its first b images labeled, the rest pseudo-labeled from the same scores, M_k trained. Cycle 1
+has no model: :func:`first_batch`.
 """
 
 from __future__ import annotations
@@ -16,19 +25,72 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsp_model.core.config import TSPConfig
+from tsp_model.core.config import ActiveConfig, TSPConfig
+from tsp_model.core.records import ImageScore, read_jsonl
 from tsp_model.engine import distributed as du
-from tsp_model.engine.checkpoint import load_checkpoint, load_model
-from tsp_model.engine.predict import PoolDataset, score_pool
-from tsp_model.engine.train import train
-from tsp_model.core.records import read_jsonl
-from tsp_model.al.strategies import get_strategy, scoring_options
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CycleResult", "QueueOrder", "first_batch", "queue_order", "run_cycle", "scoring_needs"]
+
+
+@dataclass
+class QueueOrder:
+    """The pool as Label Studio will serve it."""
+
+    order: list[Any]  # image ids, the first served first
+    priority: dict[Any, float]  # image id -> queue score pushed to Label Studio (lowest served first)
+    clusters: dict[Any, int] = field(default_factory=dict)  # image id -> cluster, pool and labeled ({}: none)
+
+
+def scoring_needs(active: ActiveConfig) -> dict[str, Any]:
+    """What the pool records must carry for the queue: the strategy's data
+    (:func:`tsp_model.al.strategies.scoring_options`) plus embeddings when clusters come from
+    them; ``score_labeled``: the labeled images are scored too (core-set centers, clusters)."""
+    from tsp_model.al.strategies import scoring_options
+
+    needs = dict(scoring_options(active.strategy, active.mc_passes))
+    if active.cluster_source != "none":
+        needs["embeddings"] = needs["score_labeled"] = True  # "series" falls back to embeddings
+    return needs
+
+
+def queue_order(pool: Sequence[ImageScore], labeled: Sequence[ImageScore], active: ActiveConfig, *, seed: int,
+                series: Mapping[Any, str] | None = None) -> QueueOrder:
+    """The queue of a scored pool: clusters (``active.cluster_source``), queue scores
+    (``active.strategy``) and the order served, ties broken by ``seed``.
+
+    With clusters the order is Label Studio's Uncertainty sampling for one annotator whose
+    earlier labels are ``labeled`` (:func:`tsp_model.al.diversity.cluster_round_robin`); without,
+    the queue scores ascending. Every record of ``pool`` and ``labeled`` gets its cluster in
+    ``extras["cluster"]``, so a strategy that reads clusters (``tsp_diverse``) sees these.
+    """
+    from tsp_model.al.diversity import assign_clusters, cluster_round_robin
+    from tsp_model.al.strategies import get_strategy, priority_scores, tie_break_ranks
+
+    strategy = get_strategy(active.strategy, active)
+    clusters = assign_clusters(pool, labeled, active.cluster_source, budget=active.budget, seed=seed, series=series)
+    for rec in (*pool, *labeled):
+        if rec.image_id in clusters:
+            rec.extras["cluster"] = clusters[rec.image_id]
+    if strategy.name == "tsp":
+        priority = {r.image_id: float(r.S) for r in pool}
+    else:
+        # core_set ranks greedily in O(N^2 D): order the first b picks, the rest share 1.0
+        budget = active.budget if strategy.name == "core_set" else None
+        priority = priority_scores(pool, strategy, seed=seed, labeled=labeled, budget=budget)
+    ids = [r.image_id for r in pool]
+    ranks = tie_break_ranks(len(ids), seed)
+    if clusters:
+        order = cluster_round_robin([priority[i] for i in ids], [clusters[i] for i in ids],
+                                    [clusters[r.image_id] for r in labeled], tie_break=ranks)
+    else:
+        order = sorted(range(len(ids)), key=lambda k: (priority[ids[k]], ranks[k]))
+    return QueueOrder([ids[k] for k in order], priority, clusters)
 
 
 @dataclass
@@ -78,30 +140,33 @@ def run_cycle(
     prev_checkpoint: str | Path | None,
     out_dir: str | Path,
     cycle_index: int,
-    finetune: bool = False,
     dist: du.DistInfo | None = None,
     progress: bool = True,
     resume: bool = False,
-    clusters: Mapping[Any, int] | None = None,
+    series: Mapping[Any, str] | None = None,
 ) -> CycleResult:
-    """Run cycle ``cycle_index`` (1-based) of Algorithm 1 and train M_k.
+    """Run cycle ``cycle_index`` (1-based) of Algorithm 1 with ``dataset`` as the labeler and
+    train M_k.
 
     Args:
-        config: ``active`` sets b, the strategy and the pseudo-label thresholds.
+        config: ``active`` sets b, the strategy, the clusters, the pseudo-label thresholds and
+            whether M_k starts from M_{k-1} (``finetune``).
         labeled_ids: D_al before this cycle (image ids of ``dataset``).
         pool_ids: D_u before this cycle.
         dataset: the label provider, e.g. a :class:`~tsp_model.data.coco.CocoInstanceDataset`
             with ``train=True`` holding every image (the oracle): it must offer ``subset(ids)``,
             ``index_of(id)``, ``image_path(idx)``, ``image_info(idx)`` and ``class_names``.
-        prev_checkpoint: M_{k-1}; None selects at random (Algorithm 1, line 4).
+        prev_checkpoint: M_{k-1}; None selects without a model (:func:`first_batch`).
         out_dir: receives ``cycle<k>.pt`` and ``scores/cycle<k>.jsonl``.
-        finetune: start M_k from M_{k-1}'s weights instead of from scratch (the paper trains
-            each cycle's model with the full schedule; default from scratch).
         dist: torchrun placement (default: :func:`~tsp_model.engine.distributed.init_distributed`).
         resume: continue an interrupted training of ``cycle<k>.pt`` (its ``.partial`` file).
-        clusters: image id -> cluster, given to the strategy as ``extras["cluster"]`` (e.g. the
-            series of each slice for ``tsp_diverse``); None: the strategy's own clustering.
+        series: image id -> series, for ``active.cluster_source = "series"``.
     """
+    from tsp_model.al.strategies import get_strategy
+    from tsp_model.engine.checkpoint import load_checkpoint, load_model
+    from tsp_model.engine.predict import PoolDataset, score_pool
+    from tsp_model.engine.train import train_with_pseudo_labels
+
     a = config.active
     dist = dist or du.init_distributed(config.train.device)
     out_dir = Path(out_dir)
@@ -110,10 +175,11 @@ def run_cycle(
     if overlap:
         raise ValueError(f"image ids {sorted(overlap)[:10]} are both labeled and in the pool")
     class_names = list(dataset.class_names)
-    strategy = get_strategy(a.strategy, a)  # an unknown name fails before any work
+    get_strategy(a.strategy, a)  # an unknown name fails before any work
     seed = config.train.seed + cycle_index
-    pseudo = None
+    records: list[ImageScore] | None = None
     scores_path = None
+    items = _pool_items(dataset, pool_ids)
 
     if prev_checkpoint is None:
         selected = first_batch(a, dataset, pool_ids, seed)
@@ -121,71 +187,44 @@ def run_cycle(
         loaded = load_model(prev_checkpoint, device=dist.device)
         if loaded.class_names != class_names:
             raise ValueError(f"{prev_checkpoint}: classes {loaded.class_names} differ from the data's {class_names}")
-        items = _pool_items(dataset, pool_ids)
-        needs = scoring_options(strategy, a.mc_passes)
-        scores_path = score_pool(
-            loaded.model, PoolDataset(items), class_names=class_names, config=config,
-            out_path=out_dir / "scores" / f"cycle{cycle_index}.jsonl",
-            model_version=loaded.model_version, dist=dist, progress=progress,
-            embeddings=bool(needs["embeddings"]), mc_passes=int(needs["mc_passes"]),
-        )
+        needs = scoring_needs(a)
+
+        def score(what: list, name: str, embeddings: bool, mc_passes: int) -> Path:
+            return score_pool(loaded.model, PoolDataset(what), class_names=class_names, config=config,
+                              out_path=out_dir / "scores" / name, model_version=loaded.model_version, dist=dist,
+                              progress=progress, embeddings=embeddings, mc_passes=mc_passes)
+
+        scores_path = score(items, f"cycle{cycle_index}.jsonl", bool(needs["embeddings"]), int(needs["mc_passes"]))
         labeled_records = []
         if needs["score_labeled"] and labeled_ids:
-            # core_set: the labeled set's embeddings are the initial centers (no MC passes).
-            labeled_path = score_pool(
-                loaded.model, PoolDataset(_pool_items(dataset, labeled_ids)), class_names=class_names,
-                config=config, out_path=out_dir / "scores" / f"cycle{cycle_index}.labeled.jsonl",
-                model_version=loaded.model_version, dist=dist, progress=progress,
-                embeddings=True, mc_passes=0,
-            )
-            labeled_records = read_jsonl(labeled_path)
+            labeled_records = read_jsonl(score(_pool_items(dataset, labeled_ids), f"cycle{cycle_index}.labeled.jsonl",
+                                               True, 0))
         del loaded
         records = read_jsonl(scores_path)
-        if clusters is not None:
-            # the caller's grouping (e.g. the series of each slice) for tsp_diverse
-            for rec in [*records, *labeled_records]:
-                rec.extras["cluster"] = int(clusters[rec.image_id])
-        selected = strategy.select(records, a.budget, seed=seed, labeled=labeled_records)
-        if a.pseudo_labels:
-            from tsp_model.data.pseudo import PseudoLabelDataset
-
-            chosen = set(selected)
-            paths = {image_id: path for image_id, path, _ in items}
-            pseudo = PseudoLabelDataset(
-                [r for r in records if r.image_id not in chosen], paths, class_names,
-                sigma_c=a.sigma_c, sigma_b=a.sigma_b, sigma_m=a.sigma_m,
-                train=True, hflip_prob=config.train.hflip_prob,
-            )
+        queue = queue_order(records, labeled_records, a, seed=seed, series=series)
+        selected = queue.order[: a.budget]
 
     chosen = set(selected)
     new_labeled = labeled_ids + list(selected)
     remaining = [i for i in pool_ids if i not in chosen]
-    if du.is_main_process():
-        log.info(
-            "cycle %d: %d selected (%s), %d labeled, %d in pool, %d pseudo-labeled images",
-            cycle_index, len(selected), a.first_batch if prev_checkpoint is None else a.strategy,
-            len(new_labeled), len(remaining), len(pseudo) if pseudo is not None else 0,
-        )
-    checkpoint = train(
-        config,
-        dataset.subset(new_labeled),
-        pseudo,
-        prev_checkpoint if (finetune and prev_checkpoint is not None) else None,
-        out_path=out_dir / f"cycle{cycle_index}.pt",
-        class_names=class_names,
-        dist=dist,
-        progress=progress,
-        resume=resume,
+    trained = train_with_pseudo_labels(
+        config, dataset.subset(new_labeled), records, {i: path for i, path, _ in items},
+        prev_checkpoint if (a.finetune and prev_checkpoint is not None) else None,
+        out_path=out_dir / f"cycle{cycle_index}.pt", class_names=class_names, exclude=chosen, dist=dist,
+        progress=progress, resume=resume,
     )
-    version = str(load_checkpoint(checkpoint)["model_version"])
+    if du.is_main_process():
+        log.info("cycle %d: %d selected (%s), %d labeled, %d in pool, %d pseudo-labeled images", cycle_index,
+                 len(selected), a.first_batch if prev_checkpoint is None else a.strategy, len(new_labeled),
+                 len(remaining), trained.pseudo_images)
     return CycleResult(
         cycle_index=cycle_index,
         selected_ids=list(selected),
         labeled_ids=new_labeled,
         pool_ids=remaining,
-        checkpoint=checkpoint,
-        model_version=version,
+        checkpoint=trained.checkpoint,
+        model_version=str(load_checkpoint(trained.checkpoint)["model_version"]),
         scores_path=scores_path,
-        num_pseudo_images=len(pseudo) if pseudo is not None else 0,
-        num_pseudo_instances=pseudo.num_instances if pseudo is not None else 0,
+        num_pseudo_images=trained.pseudo_images,
+        num_pseudo_instances=trained.pseudo_instances,
     )

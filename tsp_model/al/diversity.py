@@ -21,12 +21,13 @@ score alike, so they would all sit at the front of the queue. Three tools:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
+    "assign_clusters",
     "cluster_count",
     "cluster_round_robin",
     "embedding_clusters",
@@ -42,6 +43,48 @@ def cluster_count(n_images: int, budget: int) -> int:
     if n_images < 2:
         return 1
     return int(max(2, min(budget, n_images // 2)))
+
+
+def assign_clusters(
+    pool: Sequence, labeled: Sequence, source: str, *, budget: int, seed: int,
+    series: Mapping[object, str] | None = None,
+) -> dict[object, int]:
+    """Image id -> cluster for the pool and the labeled images together: the one rule behind the
+    clusters Label Studio gets and the clusters ``tsp_diverse`` selects with.
+
+    ``source``: ``"none"`` gives ``{}``; ``"series"`` numbers the series (``series``: image id ->
+    series, in sorted order) when every image has one, and otherwise falls back to embeddings
+    with a warning; ``"embedding"`` is k-means (``seed``) of the records' ``extras["embedding"]``
+    with k = :func:`cluster_count` (b = ``budget``).
+
+    Raises:
+        ValueError: embeddings are needed and a record has none (naming how many).
+    """
+    import logging
+
+    from tsp_model.engine.embeddings import decode_embedding
+
+    if source == "none":
+        return {}
+    records = [*pool, *labeled]
+    ids = [r.image_id for r in records]
+    if not ids:
+        return {}
+    if source == "series":
+        series = series or {}
+        if all(i in series for i in ids):
+            index = {name: k for k, name in enumerate(sorted({series[i] for i in ids}))}
+            return {i: index[series[i]] for i in ids}
+        logging.getLogger(__name__).warning(
+            "active.cluster_source = 'series': %d of %d images have no DICOM series (SeriesInstanceUID); "
+            "clustering embeddings instead", sum(i not in series for i in ids), len(ids))
+    missing = sum("embedding" not in r.extras for r in records)
+    if missing:
+        raise ValueError(f"active.cluster_source = {source!r}: {missing} score records have no embedding; score "
+                         "the pool with embeddings")
+    x = np.stack([decode_embedding(r.extras["embedding"], name=f"image {r.image_id}") for r in records])
+    labels = embedding_clusters(x, cluster_count(len(ids), budget), seed=seed)
+    return {i: int(c) for i, c in zip(ids, labels)}
 
 
 def embedding_clusters(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

@@ -333,26 +333,25 @@ class TSPDiverseStrategy(LabeledAwareStrategy):
     S_i of the clusters with the fewest labeled images first, so near-duplicate slices do not
     fill a batch.
 
-    Clusters: ``extras["cluster"]`` when every record has one (set by the caller, e.g. the
-    series of a slice); otherwise k-means of the FPN embeddings of pool and labeled images
-    together, k = :func:`tsp_model.al.diversity.cluster_count` (b, ``active.budget``).
+    Clusters: ``extras["cluster"]`` when every record has one (the queue's clusters, e.g. the
+    series of a slice); otherwise :func:`tsp_model.al.diversity.assign_clusters` of the FPN
+    embeddings of pool and labeled images together, k = b (``active.budget``).
     """
 
     def clusters(
         self, pool: Sequence[ImageScore], labeled: Sequence[ImageScore] = (), seed: int = 0
     ) -> tuple[list[int], list[int]]:
-        """``(pool clusters, labeled clusters)``, aligned with the records."""
-        from tsp_model.al.diversity import cluster_count, embedding_clusters
+        """``(pool clusters, labeled clusters)``, aligned with the records: ``extras["cluster"]``
+        when every record has one (the queue's, :func:`tsp_model.al.cycle.queue_order`), else
+        :func:`tsp_model.al.diversity.assign_clusters` of the embeddings, the queue's rule."""
+        from tsp_model.al.diversity import assign_clusters
 
         every = list(pool) + list(labeled)
         if every and all("cluster" in r.extras for r in every):
             ids = [int(r.extras["cluster"]) for r in every]
         else:
-            x, lab = _embeddings(pool, labeled)
-            if lab is not None:
-                x = np.concatenate([x, lab])
-            k = cluster_count(len(every), self.active.budget)
-            ids = [int(v) for v in embedding_clusters(x, k, seed=seed)]
+            clusters = assign_clusters(pool, labeled, "embedding", budget=self.active.budget, seed=seed)
+            ids = [clusters[r.image_id] for r in every]
         return ids[: len(pool)], ids[len(pool):]
 
     def order(self, pool: Sequence[ImageScore], budget: int | None, labeled: Sequence[ImageScore],

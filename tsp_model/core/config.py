@@ -145,6 +145,9 @@ class ActiveConfig:
     # images of a label-free embedding (tsp_model.al.diversity.typiclust_first_batch).
     first_batch: Literal["random", "typiclust"] = "random"
     pseudo_labels: bool = True
+    # M_k starts from M_{k-1}'s weights (fine-tuning, what `tsp-sync retrain` does by default), or
+    # from a fresh initialization (the replay's protocol: every cycle's model alike but for data).
+    finetune: bool = True
     sigma_c: float = 0.9
     sigma_b: float = 0.9
     sigma_m: float = 0.8

@@ -23,9 +23,10 @@ from typing import Any
 from tsp_model.core.atomic import atomic_open
 from tsp_model.core.config import ActiveConfig
 from tsp_model.core.rle import rle_for_json
-from tsp_model.core.scoring import scored_image_score
+from tsp_model.core.scoring import pseudo_label_keep, scored_image_score
 
 __all__ = [
+    "pseudo_instances",
     "RecordError",
     "InstanceScore",
     "ImageScore",
@@ -247,6 +248,18 @@ def record_image_score(c: Any, b: Any, m: Any, active: ActiveConfig) -> float:
         c, b, m, score_threshold=active.score_threshold, empty_rule=active.empty_image_rule,
         empty_constant=active.empty_image_score,
     )
+
+
+def pseudo_instances(rec: ImageScore, *, sigma_c: float, sigma_b: float, sigma_m: float) -> list[InstanceScore]:
+    """The instances of ``rec`` that become pseudo labels (section 3.2,
+    :func:`tsp_model.core.scoring.pseudo_label_keep`: ``c > sigma_c and b > sigma_b and
+    m > sigma_m``), in the record's order; one whose mask was not stored is among them (the
+    caller decides: without a mask it cannot be trained on)."""
+    if not rec.instances:
+        return []
+    keep = pseudo_label_keep([i.c for i in rec.instances], [i.b for i in rec.instances], [i.m for i in rec.instances],
+                             sigma_c=sigma_c, sigma_b=sigma_b, sigma_m=sigma_m)
+    return [inst for inst, k in zip(rec.instances, keep) if k]
 
 
 def rescored(rec: ImageScore, active: ActiveConfig) -> ImageScore:

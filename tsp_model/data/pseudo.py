@@ -25,9 +25,8 @@ from pycocotools import mask as mask_utils
 
 from tsp_model.data.image_io import ImageError, read_image, to_tensor, verify_image
 from tsp_model.data.transforms import Compose, train_transforms
-from tsp_model.core.records import ImageScore, InstanceScore
+from tsp_model.core.records import ImageScore, InstanceScore, pseudo_instances
 from tsp_model.core.rle import rle_for_pycocotools
-from tsp_model.core.scoring import pseudo_label_keep
 
 __all__ = ["PseudoLabelDataset"]
 
@@ -80,17 +79,10 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self._paths: list[Path] = []
         self._targets: list[dict[str, Any]] = []
         for rec in records:
-            if not rec.instances:
-                continue
-            c = np.array([i.c for i in rec.instances], dtype=np.float64)
-            b = np.array([i.b for i in rec.instances], dtype=np.float64)
-            m = np.array([i.m for i in rec.instances], dtype=np.float64)
-            keep = np.asarray(pseudo_label_keep(c, b, m, sigma_c=sigma_c, sigma_b=sigma_b, sigma_m=sigma_m))
+            kept = pseudo_instances(rec, sigma_c=sigma_c, sigma_b=sigma_b, sigma_m=sigma_m)
             where = f"image {rec.image_id!r} ({rec.file_name})"
             boxes, labels, masks = [], [], []
-            for inst, k in zip(rec.instances, keep):
-                if not k:
-                    continue
+            for inst in kept:
                 if inst.mask is None:
                     log.warning("%s: kept instance has no stored mask; skipped (score with masks)", where)
                     continue

@@ -30,7 +30,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from tsp_model.core.config import TSPConfig, lr_milestones
+from tsp_model.core.records import ImageScore
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast, make_grad_scaler
 from tsp_model.engine.checkpoint import CheckpointError, load_checkpoint, make_model_version, save_checkpoint
@@ -392,6 +393,59 @@ def train(
     return out_path
 
 
+@dataclasses.dataclass
+class TrainedModel:
+    checkpoint: Path
+    pseudo_images: int  # pool images that held a pseudo label
+    pseudo_instances: int
+
+
+def train_with_pseudo_labels(
+    config: TSPConfig,
+    labeled: Dataset,
+    pool_records: Sequence[ImageScore] | None = None,
+    image_paths: Mapping[Any, str | Path] | None = None,
+    init_checkpoint: str | Path | None = None,
+    *,
+    out_path: str | Path,
+    class_names: list[str] | None = None,
+    exclude: Iterable[Any] = (),
+    dist: du.DistInfo | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: EpochHook | None = None,
+) -> TrainedModel:
+    """Algorithm 1, line 10-11: the pseudo labels the previous model's pool scores hold, then
+    :func:`train` on the labeled images plus them (eq. 5). The one training step of a cycle,
+    whether people labeled (``tsp-sync retrain``, also under torchrun) or an oracle did
+    (:func:`tsp_model.al.cycle.run_cycle`).
+
+    Args:
+        pool_records: score records of pool images by the previous model (None, or
+            ``active.pseudo_labels = false``: no pseudo labels). Each instance with ``c > sigma_c``
+            and ``b > sigma_b`` and ``m > sigma_m`` becomes a pseudo label
+            (:class:`~tsp_model.data.pseudo.PseudoLabelDataset`).
+        image_paths: image_id -> image file of every pool record.
+        exclude: image ids labeled since the records were scored (never pseudo-labeled).
+        init_checkpoint: start from these weights (M_{k-1} when ``active.finetune``).
+        other arguments: as for :func:`train`.
+    """
+    from tsp_model.data.pseudo import PseudoLabelDataset
+
+    class_names = list(class_names if class_names is not None else labeled.class_names)
+    pseudo = None
+    if pool_records is not None and config.active.pseudo_labels:
+        a, skip = config.active, set(exclude)
+        pseudo = PseudoLabelDataset(
+            [r for r in pool_records if r.image_id not in skip], image_paths or {}, class_names,
+            sigma_c=a.sigma_c, sigma_b=a.sigma_b, sigma_m=a.sigma_m, train=True, hflip_prob=config.train.hflip_prob,
+        )
+    checkpoint = train(config, labeled, pseudo, init_checkpoint, out_path=out_path, class_names=class_names,
+                       dist=dist, resume=resume, progress=progress, on_epoch_end=on_epoch_end)
+    return TrainedModel(checkpoint, len(pseudo) if pseudo is not None else 0,
+                        pseudo.num_instances if pseudo is not None else 0)
+
+
 # --------------------------------------------------------------------------- torchrun entry
 def train_from_files(
     *,
@@ -406,12 +460,12 @@ def train_from_files(
     overrides: dict[str, Any] | None = None,
     on_epoch_end: EpochHook | None = None,
     progress: bool = True,
-) -> Path:
-    """Load config and data from files, then :func:`train` (the torchrun entry's body)."""
+) -> TrainedModel:
+    """Load config and data from files, then :func:`train_with_pseudo_labels` (the torchrun
+    entry's body). ``pseudo``: the previous model's pool score file."""
     from tsp_model.core.config import load_config
-    from tsp_model.data.coco import CocoInstanceDataset
-    from tsp_model.data.pseudo import PseudoLabelDataset
     from tsp_model.core.records import read_jsonl
+    from tsp_model.data.coco import CocoInstanceDataset
 
     config = load_config(config_path, overrides)
     tc = config.train
@@ -420,25 +474,15 @@ def train_from_files(
     if init is not None:
         class_names = list(load_checkpoint(init)["class_names"])
     labeled_ds = CocoInstanceDataset(labeled, images, train=True, hflip_prob=tc.hflip_prob, class_names=class_names)
-    class_names = labeled_ds.class_names
-    pseudo_ds = None
+    records, paths = None, None
     if pseudo is not None:
         if pseudo_images is None:
             raise SystemExit("--pseudo needs --pseudo-images (the folder its file_name entries are relative to)")
         records = read_jsonl(pseudo)
-        root = Path(pseudo_images)
-        a = config.active
-        pseudo_ds = PseudoLabelDataset(
-            records,
-            {r.image_id: root / r.file_name for r in records},
-            class_names,
-            sigma_c=a.sigma_c, sigma_b=a.sigma_b, sigma_m=a.sigma_m,
-            train=True, hflip_prob=tc.hflip_prob,
-        )
-    return train(
-        config, labeled_ds, pseudo_ds, init,
-        out_path=out, class_names=class_names, resume=resume, dist=dist, on_epoch_end=on_epoch_end,
-        progress=progress,
+        paths = {r.image_id: Path(pseudo_images) / r.file_name for r in records}
+    return train_with_pseudo_labels(
+        config, labeled_ds, records, paths, init, out_path=out, class_names=labeled_ds.class_names, resume=resume,
+        dist=dist, on_epoch_end=on_epoch_end, progress=progress,
     )
 
 
@@ -460,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: train_from_files(
             config_path=args.config, labeled=args.labeled, images=args.images, out=args.out,
             pseudo=args.pseudo, pseudo_images=args.pseudo_images, init=args.init, resume=args.resume,
-        ),
+        ).checkpoint,
         (NonFiniteLossError, CheckpointError, ValueError, FileNotFoundError),
     )
 

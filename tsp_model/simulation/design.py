@@ -30,7 +30,7 @@ from tsp_model.engine.predict import score_pool
 from tsp_model.core.records import read_jsonl, rescore
 from tsp_model.simulation.measure import calibration_of, pool_items, preannotation_cost
 from tsp_model.simulation.oracle import Oracle
-from tsp_model.simulation.settings import SimulationError, SimulationSettings, cluster_map, variant_tag
+from tsp_model.simulation.settings import SimulationError, SimulationSettings, queue_clusters, variant_tag
 from tsp_model.al.strategies import get_strategy
 
 if TYPE_CHECKING:
@@ -169,13 +169,13 @@ def choose_design(rp: Replay) -> dict[str, Any]:
                 cfg = s.config(seed, rp.base_config)
                 cfg.active.score_threshold, cfg.active.empty_image_rule = best_rule  # type: ignore[assignment]
                 cfg.active.strategy, cfg.active.pseudo_labels = "tsp_diverse", False
+                cfg.active.cluster_source = queue_clusters(dataclasses.replace(s, cluster_source=src), "tsp_diverse")  # type: ignore[assignment]
                 key = f"seed{seed}/tune/{variant_tag(s, rp.base_config)}/tsp_diverse_{src}"
                 oracle = Oracle(rp.data.pool)
                 oracle.revealed |= set(c1["labeled_ids"])
                 entry = rp.train_cycle(key, cfg, labeled=list(c1["labeled_ids"]), pool=list(c1["pool_ids"]),
                                        oracle=oracle, prev=c1["checkpoint"], cycle=2,
-                                       out=rp.work / f"seed{seed}" / "tune" / f"diverse_{src}",
-                                       clusters=cluster_map(src, groups))
+                                       out=rp.work / f"seed{seed}" / "tune" / f"diverse_{src}")
                 ap = _val_ap50(rp, key, entry["checkpoint"])
                 cluster_scores[src].append(ap)
                 per_seed[f"seed{seed}"][f"tsp_diverse_{src}"] = {

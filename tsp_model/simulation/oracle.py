@@ -16,9 +16,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from tsp_model.data.coco import CocoInstanceDataset
-from tsp_model.core.records import ImageScore
+from tsp_model.core.records import ImageScore, pseudo_instances
 from tsp_model.core.rle import rle_for_pycocotools
-from tsp_model.core.scoring import pseudo_label_keep
 
 __all__ = ["Oracle", "OracleLeak", "match_instances", "pseudo_label_precision", "threshold_stats"]
 
@@ -133,13 +132,10 @@ def pseudo_label_precision(
     chosen = set(selected)
     kept = correct = 0
     for rec in records:
-        if rec.image_id in chosen or not rec.instances:
+        if rec.image_id in chosen:
             continue
-        keep = np.asarray(pseudo_label_keep(
-            np.array([i.c for i in rec.instances]), np.array([i.b for i in rec.instances]),
-            np.array([i.m for i in rec.instances]), sigma_c=sigma_c, sigma_b=sigma_b, sigma_m=sigma_m,
-        ))
-        insts = [inst for inst, k in zip(rec.instances, keep) if k and inst.mask is not None]
+        insts = [inst for inst in pseudo_instances(rec, sigma_c=sigma_c, sigma_b=sigma_b, sigma_m=sigma_m)
+                 if inst.mask is not None]
         if not insts:
             continue
         truth = oracle.peek_annotations(int(rec.image_id))

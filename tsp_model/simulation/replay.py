@@ -44,7 +44,7 @@ from tsp_model.simulation.ledger import Ledger
 from tsp_model.simulation.measure import calibration_of, label_stats, preannotation_cost, test_metrics
 from tsp_model.simulation.oracle import Oracle, pseudo_label_precision, threshold_stats
 from tsp_model.simulation.results import FULL
-from tsp_model.simulation.settings import Arm, SimulationSettings, cluster_map, model_overrides, variant_tag
+from tsp_model.simulation.settings import Arm, SimulationSettings, model_overrides, queue_clusters, variant_tag
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ class Replay:
 
     # ---------------------------------------------------------------- units of work
     def train_cycle(self, key: str, cfg: TSPConfig, *, labeled: list[int], pool: list[int], oracle: Oracle,
-                    prev: str | None, cycle: int, out: Path, clusters: dict[int, int] | None = None,
-                    need_checkpoint: bool = True) -> dict[str, Any]:
+                    prev: str | None, cycle: int, out: Path, need_checkpoint: bool = True) -> dict[str, Any]:
         """One :func:`~tsp_model.al.cycle.run_cycle`, recorded in the ledger (or read back from it;
         trained again when its checkpoint is needed but was removed with a finished seed)."""
         done = self.ledger.get(key)
@@ -89,7 +88,7 @@ class Replay:
         t0 = time.perf_counter()
         res = run_cycle(cfg, labeled_ids=labeled, pool_ids=pool, dataset=oracle, prev_checkpoint=prev,
                         out_dir=out, cycle_index=cycle, dist=self.dist, progress=False, resume=True,
-                        clusters=clusters)
+                        series=self.data.groups)
         seconds = time.perf_counter() - t0
         oracle.check(res.labeled_ids)
         extra: dict[str, Any] = {}
@@ -158,13 +157,13 @@ class Replay:
                      **label_stats(data.pool, c1["labeled_ids"], data.groups))]
         cfg = s.config(seed, self.base_config, over)
         cfg.active.strategy, cfg.active.pseudo_labels = arm.strategy, arm.pseudo_labels
+        cfg.active.cluster_source = queue_clusters(s, arm.strategy)  # type: ignore[assignment]
         if arm.pseudo_weight is not None:
             cfg.model.semi_loss_weight = arm.pseudo_weight
         if arm.name == "tsp":
             extras["calibration"] = {"cycle1": self.calibration(c1_key, c1["checkpoint"], cfg.active)}
         oracle = Oracle(data.pool)
         oracle.revealed |= set(c1["labeled_ids"])
-        clusters = cluster_map(s.cluster_source, data.groups) if arm.strategy == "tsp_diverse" else None
         prev, labeled, pool = c1["checkpoint"], list(c1["labeled_ids"]), list(c1["pool_ids"])
         arm_dir = self.work / f"seed{seed}" / arm.name.replace("+", "_")
         try:
@@ -172,7 +171,7 @@ class Replay:
                 key = f"seed{seed}/{arm.name}/cycle{k}"
                 needed = k < s.cycles and self.ledger.get(f"seed{seed}/{arm.name}/cycle{k + 1}") is None
                 entry = self.train_cycle(key, cfg, labeled=labeled, pool=pool, oracle=oracle, prev=prev, cycle=k,
-                                         out=arm_dir, clusters=clusters, need_checkpoint=needed)
+                                         out=arm_dir, need_checkpoint=needed)
                 metrics = self.metrics(key, entry["checkpoint"], data.tests, "test")
                 pp = entry.get("pseudo") or {"correct": None, "precision": None}
                 rows.append(_row(arm.name, seed, k, len(entry["labeled_ids"]), metrics,

@@ -19,9 +19,9 @@ __all__ = [
     "MODEL_DESIGN_KEYS",
     "SimulationError",
     "SimulationSettings",
-    "cluster_map",
     "model_overrides",
     "parse_arms",
+    "queue_clusters",
     "variant_tag",
 ]
 
@@ -107,6 +107,8 @@ class SimulationSettings:
         t.lr_steps, t.lr_steps_unit = [0.9, 0.98], "fraction"  # the paper's 45/50 and 49/50
         t.workers, t.device, t.seed, t.log_every = self.workers, self.device, seed, 50
         a.budget = self.budget
+        a.finetune = False  # every cycle's model from the same initialization: only the data differ
+        a.cluster_source = "none"  # an arm that queues with clusters says so (queue_clusters)
         if self.score_threshold is not None:
             a.score_threshold = self.score_threshold
         if self.empty_image_rule is not None:
@@ -194,6 +196,22 @@ def parse_arms(names: Sequence[str]) -> list[Arm]:
         arms.append(Arm(name, strategy, pseudo, "typiclust" if "typiclust" in flags else "random",
                         0.0 if "pseudo0" in flags else None))
     return arms
+
+
+def variant_tag(settings: SimulationSettings, base_config: TSPConfig | None = None) -> str:
+    """The model variant of ``settings`` as a key fragment, e.g. ``group_mt0.3``."""
+    m = settings.config(0, base_config).model
+    return f"{m.norm}_mt{m.mask_threshold:g}"
+
+
+def queue_clusters(settings: SimulationSettings, strategy: str) -> str:
+    """``active.cluster_source`` of an arm's queue: the replay's clusters (``cluster_source``:
+    ``"embedding"``, or ``"group"`` = each image's group, passed as its series) for
+    ``tsp_diverse``, the order Label Studio serves with clusters; none for the other strategies,
+    whose arms measure their own order."""
+    if strategy != "tsp_diverse":
+        return "none"
+    return "series" if settings.cluster_source == "group" else "embedding"
 
 
 def variant_tag(settings: SimulationSettings, base_config: TSPConfig | None = None) -> str:
