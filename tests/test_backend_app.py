@@ -94,7 +94,8 @@ def test_predict_with_tiny_checkpoint(app_dir, tmp_path, config):
             assert reg["value"]["brushlabels"] == [inst.category]
             decoded = decode_rle(reg["value"]["rle"]).reshape(64, 64, 4)[:, :, 3]
             np.testing.assert_array_equal(decoded > 0, inst.mask)
-            assert reg["meta"]["text"][0] == f"c {inst.c:.2f} · b {inst.b:.2f} · m {inst.m:.2f}"
+            assert reg["meta"]["text"][0].startswith(f"score {inst.s:.2f} = how sure the model is of this region")
+            assert reg["meta"]["text"][0].endswith(f"class c {inst.c:.2f} · box b {inst.b:.2f} · mask m {inst.m:.2f}")
     else:
         for reg in regions:
             pts = np.asarray(reg["value"]["points"])

@@ -107,7 +107,8 @@ def test_brush_project_uploads_and_local_files(label_studio, ls_client, tsp_back
             mask = decode_rle(region["value"]["rle"]).reshape(64, 64, 4)[:, :, 3] > 0
             np.testing.assert_array_equal(mask, inst.mask)
             assert region["score"] == pytest.approx(inst.s, abs=1e-6)
-            assert region["meta"]["text"] == [f"c {inst.c:.2f} · b {inst.b:.2f} · m {inst.m:.2f}"]
+            assert region["meta"]["text"] == [f"score {inst.s:.2f} = how sure the model is of this region (1 = sure): "
+                                              f"class c {inst.c:.2f} · box b {inst.b:.2f} · mask m {inst.m:.2f}"]
 
 
 def test_polygon_project(label_studio, ls_client, tsp_backend_server):

@@ -63,7 +63,8 @@ def test_brush_region_rle_round_trip_and_scores():
     decoded = decode_rle(r["value"]["rle"]).reshape(10, 20, 4)[:, :, 3]
     np.testing.assert_array_equal(decoded, mask.astype(np.uint8) * 255)
     assert r["score"] == 0.5
-    assert r["meta"]["text"] == ["c 0.97 · b 0.91 · m 0.85"]
+    assert r["meta"]["text"] == ["score 0.50 = how sure the model is of this region (1 = sure): "
+                                 "class c 0.97 · box b 0.91 · mask m 0.85"]
     assert pred["score"] == 0.42 and pred["model_version"] == "v1"  # the record's S_i, not the region's s
     assert "cluster" not in pred
 
@@ -111,4 +112,5 @@ def test_a_non_finite_score_is_refused():
 
 
 def test_meta_text_format():
-    assert meta_text(0.974, 0.905, 0.8549) == "c 0.97 · b 0.91 · m 0.85"
+    assert meta_text(0.974, 0.905, 0.8549, 0.6249) == ("score 0.62 = how sure the model is of this region (1 = sure): "
+                                                      "class c 0.97 · box b 0.91 · mask m 0.85")

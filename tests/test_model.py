@@ -496,3 +496,26 @@ def test_a_pseudo_image_at_beta_zero_leaves_the_labeled_gradient_alone_by_defaul
     bn = tiny_model(seed=0, norm="batch")
     alone, batched = _labeled_gradient(bn, False), _labeled_gradient(bn, True)
     assert not all(torch.allclose(alone[k], batched[k], rtol=1e-4, atol=1e-6) for k in alone)
+
+
+def test_rpn_and_roi_heads_take_torchvisions_settings():
+    """TSPMaskRCNN builds its RPN and RoI heads from MaskRCNN's own keyword arguments (defaults
+    included): each setting equals the plain torchvision model's built with the same ones."""
+    from torchvision.models.detection import MaskRCNN
+
+    kw = dict(num_classes=3, min_size=SIZE, max_size=SIZE, rpn_pre_nms_top_n_test=123, rpn_post_nms_top_n_train=77,
+              rpn_fg_iou_thresh=0.6, box_batch_size_per_image=64, box_detections_per_img=7, box_nms_thresh=0.4,
+              bbox_reg_weights=(5.0, 5.0, 2.0, 2.0))
+    torch.manual_seed(0)
+    ours = TSPMaskRCNN(build_backbone(ModelConfig(backbone="tiny_fpn"))[0], **kw)
+    plain = MaskRCNN(build_backbone(ModelConfig(backbone="tiny_fpn"))[0], **kw)
+    for name in ("_pre_nms_top_n", "_post_nms_top_n", "nms_thresh", "score_thresh"):
+        assert getattr(ours.rpn, name) == getattr(plain.rpn, name), name
+    for a, b in ((ours.rpn.proposal_matcher, plain.rpn.proposal_matcher),
+                 (ours.roi_heads.proposal_matcher, plain.roi_heads.proposal_matcher)):
+        assert (a.high_threshold, a.low_threshold) == (b.high_threshold, b.low_threshold)
+    for part in ("fg_bg_sampler",):
+        a, b = getattr(ours.roi_heads, part), getattr(plain.roi_heads, part)
+        assert (a.batch_size_per_image, a.positive_fraction) == (b.batch_size_per_image, b.positive_fraction)
+    assert ours.roi_heads.box_coder.weights == plain.roi_heads.box_coder.weights == (5.0, 5.0, 2.0, 2.0)
+    assert (ours.roi_heads.nms_thresh, ours.roi_heads.detections_per_img) == (0.4, 7)

@@ -12,7 +12,8 @@ One small class per control tag turns one instance into that tag's region:
 - :class:`PolygonRegions`: the outer contour of the mask's largest component, points in percent
   of the image width and height.
 
-Every region carries ``score = s`` (eq. 2) and ``meta.text`` showing ``c``, ``b`` and ``m``; the
+Every region carries ``score = s`` (eq. 2) and ``meta.text`` saying what that score is and showing
+``c``, ``b`` and ``m``; the
 prediction carries ``score = S_i``, exactly the score record's (eq. 3 over the scored instances,
 ``active.score_threshold``), whatever regions are shown: the queue Label Studio serves is the
 queue TSP computed. Regions are the *shown* set only (``c >= active.show_threshold``): a wrong
@@ -79,9 +80,14 @@ class RegionInstance:
     mask: Any
 
 
-def meta_text(c: float, b: float, m: float) -> str:
-    """What a radiologist reads next to a region: ``"c 0.97 · b 0.91 · m 0.85"``."""
-    return f"c {c:.2f} · b {b:.2f} · m {m:.2f}"
+def meta_text(c: float, b: float, m: float, s: float) -> str:
+    """What a radiologist reads with a region: what its score (Label Studio shows it beside the
+    label, e.g. ``subdural 0.62``) is, and the three scores it combines (eq. 2)::
+
+        score 0.62 = how sure the model is of this region (1 = sure): class c 0.97 · box b 0.91 · mask m 0.85
+    """
+    return (f"score {s:.2f} = how sure the model is of this region (1 = sure): "
+            f"class c {c:.2f} · box b {b:.2f} · mask m {m:.2f}")
 
 
 def _mask_array(mask: Any, height: int, width: int) -> np.ndarray:
@@ -129,7 +135,7 @@ class _Regions:
             "image_rotation": 0,
             "value": value,
             "score": float(inst.s),
-            "meta": {"text": [meta_text(inst.c, inst.b, inst.m)]},
+            "meta": {"text": [meta_text(inst.c, inst.b, inst.m, inst.s)]},
             "readonly": False,
         }
 

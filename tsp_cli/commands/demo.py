@@ -223,15 +223,15 @@ def annotate_first_batch(client: Any, project_id: int, truth: GroundTruth, batch
 
     An image without lesions gets an empty annotation: "no lesion" is a real label.
     """
-    from tqdm import tqdm
+    from tsp_model.core.progress import progress as tsp_progress
 
     tasks = _tasks(client, project_id)
     if count_labeled(tasks):
         return 0
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(tasks), size=min(batch, len(tasks)), replace=False)
-    for i in tqdm(sorted(int(c) for c in chosen), desc="annotate first batch", unit="task",
-                  disable=not progress, file=sys.stderr):
+    for i in tsp_progress(sorted(int(c) for c in chosen), desc="annotate first batch", unit="task",
+                          enabled=progress):
         truth.submit(client, int(tasks[i].id), tasks[i].data)
     return len(chosen)
 

@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import click
-from tqdm import tqdm
 
 from tsp_cli.client import SyncError, call
 from tsp_cli.errors import handle_errors
+from tsp_model.core.progress import progress as tsp_progress
 from tsp_model.data.slices import SliceRecord
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ def import_images(
             continue
         seen.add(r.key)
         todo.append({"data": task_data(r, url_for(r), value_key)})
-    bar = tqdm(total=len(todo), desc="import tasks", unit="task", disable=not progress or not todo, file=sys.stderr)
+    bar = tsp_progress(total=len(todo), desc="import tasks", unit="task", enabled=progress and bool(todo))
     try:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]

@@ -29,15 +29,12 @@ import io
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
-from tqdm import tqdm
 
 from tsp_cli.client import LSProject, SyncError, iter_tasks
 from tsp_cli.context import CliContext, project_option
@@ -45,6 +42,7 @@ from tsp_cli.errors import handle_errors
 from tsp_cli.workdir import Snapshot, Workdir, atomic_write_json, default_mode, read_json
 from tsp_labelstudio.regions import region_to_rle
 from tsp_model.core.atomic import atomic_write_bytes
+from tsp_model.core.progress import progress as tsp_progress
 from tsp_model.core.rle import rle_for_pycocotools
 from tsp_model.data.coco_file import write_coco
 from tsp_model.data.image_io import ImageError, read_image
@@ -210,7 +208,7 @@ def pull(client: Any, project: LSProject, workdir: Workdir, secrets: Any, *, pro
     fingerprint_items = []
     n_empty = 0
     unknown_labels: dict[int, set[str]] = {}  # task id -> labels the config does not have
-    bar = tqdm(tasks, desc="pull", unit="task", disable=not progress, file=sys.stderr)
+    bar = tsp_progress(tasks, desc="pull", unit="task", enabled=progress)
     try:
         for t in bar:
             tid = int(t["id"])

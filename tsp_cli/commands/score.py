@@ -31,19 +31,18 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from tsp_cli.client import LSProject, SyncError, call, iter_tasks, model_versions, request_json
 from tsp_cli.context import CliContext, gpus_option, project_option
 from tsp_cli.errors import handle_errors
 from tsp_cli.settings import ConfigError, ProjectSettings
 from tsp_cli.workdir import Workdir
+from tsp_model.core.progress import progress as tsp_progress
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ def push_predictions(
         current = CurrentPredictions.read(client, project.id, model_version)
     pushed = already = 0
     batch: list[dict[str, Any]] = []
-    bar = tqdm(total=total, desc="push predictions", unit="task", disable=not progress, file=sys.stderr)
+    bar = tsp_progress(total=total, desc="push predictions", unit="task", enabled=progress)
 
     def send() -> None:
         answer = call(client, f"importing predictions into project {project.id}", client.projects.import_predictions,
@@ -224,8 +223,7 @@ def set_clusters(client: Any, project_id: int, clusters: Mapping[int, int], mode
             newest = max(mine, key=lambda p: p["id"])
             if newest["cluster"] != clusters[tid]:
                 todo.append((newest["id"], int(clusters[tid])))
-    for pid, cluster in tqdm(todo, desc="set clusters", unit="pred", disable=not progress or not todo,
-                             file=sys.stderr):
+    for pid, cluster in tsp_progress(todo, desc="set clusters", unit="pred", enabled=progress and bool(todo)):
         request_json(client, "PATCH", f"api/predictions/{pid}/", f"setting the cluster of prediction {pid}",
                      json_body={"cluster": cluster}, idempotent=True)
     return len(todo)
@@ -233,8 +231,7 @@ def set_clusters(client: Any, project_id: int, clusters: Mapping[int, int], mode
 
 def _delete_predictions(client: Any, ids: list[int], progress: bool) -> int:
     """Delete predictions by id, one request each (a retried delete of one already gone is done)."""
-    for pid in tqdm(ids, desc="delete old predictions", unit="pred", disable=not progress or not ids,
-                    file=sys.stderr):
+    for pid in tsp_progress(ids, desc="delete old predictions", unit="pred", enabled=progress and bool(ids)):
         request_json(client, "DELETE", f"api/predictions/{pid}/", f"deleting prediction {pid}", none_on=(404,))
     return len(ids)
 

@@ -33,11 +33,10 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from tsp_model.core.atomic import atomic_open
 from tsp_model.data.image_io import ImageError, read_image, to_tensor, verify_image
 from tsp_model.data.transforms import Compose, train_transforms
 
-__all__ = ["CocoInstanceDataset", "collate_fn", "empty_target", "write_coco"]
+__all__ = ["CocoInstanceDataset", "collate_fn", "empty_target"]
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from tsp_model.core.atomic import atomic_save, atomic_write_bytes
+from tsp_model.core.progress import progress as tsp_progress
 from tsp_model.data.dicom import DicomError, find_dicom_files, read_dicom, render_window
 from tsp_model.data.image_io import verify_image
 
@@ -89,7 +89,7 @@ def export_slices(
         paths: DICOM files, PNG/JPEG files, or folders of either (searched recursively).
         out_dir: output folder (created).
         window: a name of :data:`tsp_model.data.dicom.WINDOWS`, ``"rgb"``, or ``(center, width)``.
-        progress: show a tqdm bar.
+        progress: show progress (:func:`tsp_model.core.progress.progress`).
 
     Returns:
         DICOM slices sorted by (SeriesInstanceUID, InstanceNumber), then PNG/JPEG files; a key
@@ -106,7 +106,7 @@ def export_slices(
     tag = _window_tag(window)
     records: list[SliceRecord] = []
     seen: set[str] = set()
-    for f in tqdm(dicom_files, desc="DICOM slices", unit="file", disable=not progress):
+    for f in tsp_progress(dicom_files, desc="DICOM slices", unit="file", enabled=progress):
         for sl in read_dicom(f):
             if sl.key in seen:
                 continue
@@ -116,7 +116,7 @@ def export_slices(
             if not target.exists():  # a complete file (writes are atomic) from an earlier run
                 save_png(target, render_window(sl, window))
             records.append(SliceRecord(image_path=target, key=sl.key, provenance=sl.provenance, kind="dicom"))
-    for f in tqdm(image_files, desc="images", unit="file", disable=not progress):
+    for f in tsp_progress(image_files, desc="images", unit="file", enabled=progress):
         verify_image(f)
         data = f.read_bytes()
         digest = hashlib.sha256(data).hexdigest()

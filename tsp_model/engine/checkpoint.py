@@ -13,7 +13,6 @@ file or the new one, never half of one.
 from __future__ import annotations
 
 import dataclasses
-
 import datetime as _dt
 import hashlib
 import pickle

@@ -9,8 +9,8 @@ on N GPUs and, in tests, on 2 CPU processes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch

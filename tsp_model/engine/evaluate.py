@@ -23,8 +23,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from tsp_model.core.progress import progress as tsp_progress
 from tsp_model.core.rle import rle_for_json
 from tsp_model.engine.amp import autocast
 
@@ -218,7 +218,7 @@ def evaluate(
     results: list[dict[str, Any]] = []
     img_ids: list[int] = []
     try:
-        for images, targets in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        for images, targets in tsp_progress(loader, desc="evaluate", unit="batch", enabled=progress, leave=False):
             with autocast(device, amp):
                 outputs = model([im.to(device) for im in images])
             for out, tgt in zip(outputs, targets):

@@ -17,24 +17,22 @@ loss-prediction module).
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
-from typing import Any
 
 from tsp_model.core.config import ActiveConfig, TSPConfig
+from tsp_model.core.progress import progress as tsp_progress
+from tsp_model.core.records import ImageScore, InstanceScore, record_image_score
+from tsp_model.core.scoring import class_entropy, instance_score
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast
 from tsp_model.engine.evaluate import MASK_THRESHOLD, encode_mask, encode_masks
-from tsp_model.core.records import ImageScore, InstanceScore, record_image_score
 from tsp_model.nn.roi_heads import mask_threshold_of
-from tsp_model.core.scoring import class_entropy, instance_score
 
 log = logging.getLogger(__name__)
 
@@ -178,31 +176,26 @@ def forward_with_extras(
 ) -> tuple[list[dict[str, Any]], list[dict]]:
     """A torchvision detection model's eval forward, plus per-image extras from the same pass.
 
-    The detections are those of ``GeneralizedRCNN.forward`` (same calls, dropout off), except
-    that masks come back as ``mask_rles`` binarized at the model's ``mask_threshold``
-    (:func:`postprocess_to_rle`), never as full-size probability images. With ``embeddings`` each extras dict gets ``embedding`` (base64
-    float16), with ``mc_passes`` = T >= 2 the MC-dropout statistics of the detections (T
-    batched head passes). A model that is not a ``GeneralizedRCNN`` is simply called.
+    The detections are those of ``GeneralizedRCNN.forward`` (one :func:`detector_pass`, dropout
+    off), except that masks come back as ``mask_rles`` binarized at the model's
+    ``mask_threshold`` (:func:`postprocess_to_rle`), never as full-size probability images. With
+    ``embeddings`` each extras dict gets ``embedding`` (base64 float16), with ``mc_passes`` = T >= 2
+    the MC-dropout statistics of the detections (T batched head passes). A model that is not a
+    ``GeneralizedRCNN`` is simply called.
     """
-    from collections import OrderedDict
-
     from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
     from tsp_model.engine.embeddings import encode_embedding, pooled_embeddings
     from tsp_model.engine.mc_dropout import mc_head_passes, mc_image_stats
+    from tsp_model.nn.detector_pass import detector_pass
 
     extras: list[dict] = [{} for _ in images]
     if not isinstance(model, GeneralizedRCNN):
         if embeddings or mc_passes:
             raise ValueError(f"{type(model).__name__}: embeddings and MC dropout need a torchvision detection model")
         return model(images), extras
-    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    image_list, _ = model.transform(images)
-    features = model.backbone(image_list.tensors)
-    if isinstance(features, torch.Tensor):
-        features = OrderedDict([("0", features)])
-    proposals, _ = model.rpn(image_list, features)
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    run = detector_pass(model, images)
+    features, image_list, detections = run.features, run.image_list, run.detections
     module = getattr(model, "loss_prediction_module", None)
     if module is not None:
         for det, value in zip(detections, module(features)):
@@ -223,7 +216,7 @@ def forward_with_extras(
             n = int(det["boxes"].shape[0])
             ex.update(mc_image_stats(probs[:, start : start + n], masks[:, start : start + n], mc_passes))
             start += n
-    return postprocess_to_rle(detections, image_list.image_sizes, original_sizes, mask_threshold_of(model)), extras
+    return postprocess_to_rle(detections, image_list.image_sizes, run.original_sizes, mask_threshold_of(model)), extras
 
 
 @torch.inference_mode()
@@ -383,10 +376,10 @@ def score_pool(
             _Indexed(pool, todo), batch_size=sc.batch_size, shuffle=False, num_workers=sc.workers,
             collate_fn=pool_collate,
         )
-        bar = tqdm(
-            total=len(indices), initial=len(indices) - len(todo), unit="img", file=sys.stderr,
+        bar = tsp_progress(
+            total=len(indices), initial=len(indices) - len(todo), unit="img",
             desc=f"score pool [{dist.rank}]" if dist.distributed else "score pool",
-            disable=not (progress and dist.is_main),
+            enabled=progress and dist.is_main,
         )
         for batch in loader:
             if batch:

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from tsp_model.core.config import ConfigError, load_config
-    from tsp_model.engine.checkpoint import CheckpointError
     from tsp_model.core.records import RecordError
+    from tsp_model.engine.checkpoint import CheckpointError
 
     p = argparse.ArgumentParser(prog="python -m tsp_model.engine.score", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="TSP checkpoint (.pt)")

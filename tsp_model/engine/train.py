@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from tsp_model.core.config import TSPConfig, lr_milestones
+from tsp_model.core.progress import progress as tsp_progress
 from tsp_model.core.records import ImageScore
 from tsp_model.engine import distributed as du
 from tsp_model.engine.amp import autocast, make_grad_scaler
@@ -167,7 +167,9 @@ def train_one_epoch(
     model.train()
     sums: dict[str, float] = collections.defaultdict(float)
     n = 0
-    bar = tqdm(loader, desc=f"epoch {epoch}/{tc.epochs}", unit="batch", disable=not (progress and du.is_main_process()), leave=False, file=sys.stderr)
+    # the steps of an epoch: a bar on a terminal; a log gets the epoch's line from train()
+    bar = tsp_progress(loader, desc=f"epoch {epoch}/{tc.epochs}", unit="batch",
+                       enabled=progress and du.is_main_process(), log_lines=False, leave=False)
     for step, (images, targets) in enumerate(bar, start=1):
         it = start_iter + step - 1
         if tc.warmup_iters > 0:
@@ -358,6 +360,8 @@ def train(
         }
 
     last_save = time.monotonic()
+    epochs = tsp_progress(total=tc.epochs, initial=start_epoch, desc="train", unit="epoch",
+                          enabled=progress and du.is_main_process())
     for epoch in range(start_epoch, tc.epochs):
         sampler.set_epoch(epoch)
         # reseed per epoch (and rank): augmentation and worker seeds no longer depend on
@@ -375,6 +379,8 @@ def train(
             group["lr"] = base
         scheduler.step()
         history.append(stats)
+        epochs.set_postfix(loss=f"{stats['loss']:.3f}")
+        epochs.update(1)
         if du.is_main_process():
             terms = " ".join(f"{k}={v:.4f}" for k, v in stats.items() if k.startswith("loss"))
             log.info("epoch %d/%d loss=%.4f %s (%.1f s)", epoch + 1, tc.epochs, stats["loss"], terms, stats["seconds"])
@@ -384,6 +390,7 @@ def train(
             save_checkpoint(partial_path(out_path), checkpoint_state(epoch + 1, ""))
             last_save = time.monotonic()
         du.barrier()
+    epochs.close()
 
     if du.is_main_process():
         version = model_version or make_model_version(model_without_ddp.state_dict())

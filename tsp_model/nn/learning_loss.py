@@ -149,32 +149,19 @@ def forward_with_loss_prediction(
     Training: torchvision's loss dict plus ``loss_learning_loss``. Inference: the detections,
     each with ``predicted_loss``.
     """
+    from tsp_model.nn.detector_pass import detector_pass
     from tsp_model.nn.roi_heads import is_pseudo
 
     module: LossPredictionModule = model.loss_prediction_module
-    if model.training and targets is None:
-        raise ValueError("targets should not be None in training mode")
-    original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    image_list, targets = model.transform(images, targets)
-    if targets is not None:
-        for idx, t in enumerate(targets):
-            boxes = t["boxes"]
-            if boxes.numel() and bool((boxes[:, 2:] <= boxes[:, :2]).any()):
-                raise ValueError(f"target {idx}: all boxes need positive height and width")
-    features = model.backbone(image_list.tensors)
-    if isinstance(features, Tensor):
-        features = OrderedDict([("0", features)])
-    proposals, proposal_losses = model.rpn(image_list, features, targets)
-    detections, detector_losses = model.roi_heads(features, proposals, image_list.image_sizes, targets)
-    predicted = module(features)
+    run = detector_pass(model, images, targets)
+    predicted = module(run.features)
     if not model.training:
-        detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        detections = model.transform.postprocess(run.detections, run.image_list.image_sizes, run.original_sizes)
         for det, value in zip(detections, predicted):
             det["predicted_loss"] = value.float()
         return detections
-    losses: dict[str, Tensor] = {}
-    losses.update(detector_losses)
-    losses.update(proposal_losses)
+    features, image_list, targets = run.features, run.image_list, run.targets
+    losses = dict(run.losses)
     labeled = [i for i, t in enumerate(targets) if not is_pseudo(t)]
     rank = predicted.sum() * 0
     if labeled:

@@ -11,6 +11,7 @@ is already in the torch hub cache; any other string is a local file path.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from functools import partial
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone, resnet_fpn_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNN, MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -79,18 +80,23 @@ class TSPMaskRCNN(MaskRCNN):
     ) -> None:
         super().__init__(backbone, num_classes, **kwargs)
         channels = backbone.out_channels
-        rpn = self.rpn
+        # torchvision builds its RPN and RoI heads inside FasterRCNN.__init__; ours take the same
+        # arguments, read from its public signature (its defaults, then the caller's values), and
+        # reuse the parts it built (anchor generator, heads, predictors, RoI pools)
+        args = {name: p.default for name, p in inspect.signature(FasterRCNN.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+        args.update(kwargs)
         self.rpn = TSPRegionProposalNetwork(
-            rpn.anchor_generator,
-            rpn.head,
-            rpn.proposal_matcher.high_threshold,
-            rpn.proposal_matcher.low_threshold,
-            rpn.fg_bg_sampler.batch_size_per_image,
-            rpn.fg_bg_sampler.positive_fraction,
-            rpn._pre_nms_top_n,
-            rpn._post_nms_top_n,
-            rpn.nms_thresh,
-            score_thresh=rpn.score_thresh,
+            self.rpn.anchor_generator,
+            self.rpn.head,
+            args["rpn_fg_iou_thresh"],
+            args["rpn_bg_iou_thresh"],
+            args["rpn_batch_size_per_image"],
+            args["rpn_positive_fraction"],
+            {"training": args["rpn_pre_nms_top_n_train"], "testing": args["rpn_pre_nms_top_n_test"]},
+            {"training": args["rpn_post_nms_top_n_train"], "testing": args["rpn_post_nms_top_n_test"]},
+            args["rpn_nms_thresh"],
+            score_thresh=args["rpn_score_thresh"],
             semi_loss_weight=semi_loss_weight,
         )
         heads = self.roi_heads
@@ -98,14 +104,14 @@ class TSPMaskRCNN(MaskRCNN):
             heads.box_roi_pool,
             heads.box_head,
             heads.box_predictor,
-            heads.proposal_matcher.high_threshold,
-            heads.proposal_matcher.low_threshold,
-            heads.fg_bg_sampler.batch_size_per_image,
-            heads.fg_bg_sampler.positive_fraction,
-            heads.box_coder.weights,
-            heads.score_thresh,
-            heads.nms_thresh,
-            heads.detections_per_img,
+            args["box_fg_iou_thresh"],
+            args["box_bg_iou_thresh"],
+            args["box_batch_size_per_image"],
+            args["box_positive_fraction"],
+            args["bbox_reg_weights"],
+            args["box_score_thresh"],
+            args["box_nms_thresh"],
+            args["box_detections_per_img"],
             mask_roi_pool=heads.mask_roi_pool,
             mask_head=heads.mask_head,
             mask_predictor=heads.mask_predictor,

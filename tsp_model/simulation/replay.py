@@ -33,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
 from tsp_model.al.cycle import run_cycle
 from tsp_model.core.config import ActiveConfig, TSPConfig
@@ -66,7 +65,7 @@ class Replay:
     (a cycle's model, a measurement) that the design and the arms are made of."""
 
     def __init__(self, data: SimulationData, settings: SimulationSettings, out_dir: Path, *,
-                 base_config: TSPConfig | None, ledger: Ledger, bar: tqdm, echo: Callable[[str], None]) -> None:
+                 base_config: TSPConfig | None, ledger: Ledger, bar: Any, echo: Callable[[str], None]) -> None:
         self.data, self.s, self.base_config = data, settings, base_config
         self.work = out_dir / "work"
         self.ledger, self.bar, self.echo = ledger, bar, echo

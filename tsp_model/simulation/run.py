@@ -11,17 +11,16 @@ import logging
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from tsp_model.core.atomic import atomic_write_text
 from tsp_model.core.config import TSPConfig
+from tsp_model.core.progress import progress as tsp_progress
 from tsp_model.simulation.data import SimulationData
 from tsp_model.simulation.design import DESIGN_FILE, choose_design, load_design
 from tsp_model.simulation.ledger import Ledger
@@ -131,7 +130,7 @@ def run_simulation(
     s = settings
     starts = {(tuple(sorted(model_overrides(a.strategy).items())), a.first_batch) for a in al_arms}
     total = len(s.seeds) * (len(starts) + len(al_arms) * (s.cycles - 1) + (FULL in [a.name for a in arms]))
-    bar = tqdm(total=total, desc=f"simulate {title or ''}".strip(), unit="model", disable=not progress, file=sys.stderr)
+    bar = tsp_progress(total=total, desc=f"simulate {title or ''}".strip(), unit="model", enabled=progress)
     rp = Replay(data, s, out_dir, base_config=base_config, ledger=ledger, bar=bar,
                 echo=log_cycle or (lambda m: log.info("%s", m)))
     design = _design(rp, out_dir)

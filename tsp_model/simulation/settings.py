@@ -212,23 +212,3 @@ def queue_clusters(settings: SimulationSettings, strategy: str) -> str:
     if strategy != "tsp_diverse":
         return "none"
     return "series" if settings.cluster_source == "group" else "embedding"
-
-
-def variant_tag(settings: SimulationSettings, base_config: TSPConfig | None = None) -> str:
-    """The model variant of ``settings`` as a key fragment, e.g. ``group_mt0.3``."""
-    m = settings.config(0, base_config).model
-    return f"{m.norm}_mt{m.mask_threshold:g}"
-
-
-def cluster_map(source: str, groups: dict[int, str]) -> dict[int, int] | None:
-    """Clusters for ``tsp_diverse``: None for ``"embedding"`` (the strategy's own k-means of the
-    FPN embeddings, k = b), or the group for ``"group"`` (e.g. the series of a slice).
-
-    Clusters *within* groups would differ from groups only when there are fewer groups than b
-    (the cluster count); in a department's pool series far outnumber b, so it is not offered.
-    """
-    if source == "group":
-        names = sorted(set(groups.values()))
-        index = {g: k for k, g in enumerate(names)}
-        return {i: index[g] for i, g in groups.items()}
-    return None

@@ -52,9 +52,9 @@ import click
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
 from tsp_model.core.atomic import atomic_save
+from tsp_model.core.progress import progress as tsp_progress
 from tsp_model.core.rle import rle_for_json
 from tsp_model.data.coco_file import write_coco
 
@@ -435,7 +435,7 @@ def generate_phantoms(
 
     images: list[dict] = []
     annotations: list[dict] = []
-    for i in tqdm(range(count), desc="phantoms", unit="slice", disable=not progress):
+    for i in tsp_progress(range(count), desc="phantoms", unit="slice", enabled=progress):
         rng = np.random.default_rng([seed, i])
         n_lesions = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15])) if positive[i] else 0
         sl = render_slice(rng, size, n_lesions)
@@ -500,7 +500,7 @@ def generate_series(
     positive[np.random.default_rng([seed, first_series]).permutation(series)[:n_pos]] = True
     images: list[dict] = []
     annotations: list[dict] = []
-    bar = tqdm(total=series * slices, desc="phantom series", unit="slice", disable=not progress)
+    bar = tsp_progress(total=series * slices, desc="phantom series", unit="slice", enabled=progress)
     for j in range(series):
         sid = first_series + j
         count_rng = np.random.default_rng([seed, sid, 9])
