@@ -216,7 +216,7 @@ def test_webhook_is_recorded(label_studio, tsp_backend_server):
 
 def test_annotation_webhook_from_label_studio_is_recorded(label_studio, ls_client, tsp_backend_server):
     """Label Studio creates a webhook to <backend>/webhook on connect; with basic auth on, the
-    webhook needs the Authorization header added (as the README says)."""
+    webhook needs the Authorization header added (as docs/backend.md says)."""
     import base64
 
     from tests.ls_fixtures import wait_for

@@ -4,7 +4,7 @@
 ``python -m torch.distributed.run --standalone --nproc_per_node=N -m <engine> ...``: one process
 per GPU (NCCL; gloo on the CPU), only rank 0 writes the result. The engines
 (``tsp_model.engine.train``, ``tsp_model.engine.score``) are the same modules a multi-node run
-starts with ``torchrun --nnodes ...`` (README: "Training on a GPU server").
+starts with ``torchrun --nnodes ...`` (docs/gpu.md).
 """
 
 from __future__ import annotations

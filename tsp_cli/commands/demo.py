@@ -81,7 +81,7 @@ class DemoOptions:
     host: str = "127.0.0.1"  # where Label Studio listens
     port: int = 8080  # Label Studio
     backend_port: int = 9090
-    epochs: int = 150  # enough for the tiny model to find lesions; minutes on an idle 2-core CPU (README)
+    epochs: int = 150  # enough for the tiny model to find lesions; minutes on an idle 2-core CPU (docs/quickstart.md)
     holdout_fraction: float = 0.25
     serve: bool = True  # keep Label Studio and the backend running until Ctrl-C
     progress: bool = True
@@ -555,7 +555,7 @@ def run_demo(opts: DemoOptions, *, echo: Callable[[str], None] = print, label_st
 @click.option("--batch", "-b", type=click.IntRange(min=1), default=10, show_default=True,
               help="b: on later runs, slices labeled from the queue (/next) before the cycle.")
 @click.option("--epochs", type=click.IntRange(min=1), default=150, show_default=True,
-              help="Training epochs of the tiny CPU model per cycle (minutes on an idle 2-core CPU; see README).")
+              help="Training epochs of the tiny CPU model per cycle (minutes on an idle 2-core CPU; see docs/quickstart.md).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface Label Studio listens on (0.0.0.0: every interface, reachable from other machines).")
 @click.option("--port", type=int, default=8080, show_default=True, help="Label Studio port.")
