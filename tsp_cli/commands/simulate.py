@@ -13,6 +13,7 @@ No Label Studio is involved.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -67,48 +68,49 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--restart", is_flag=True, help="Discard the finished models in --out and start over.")
 @click.pass_obj
-def simulate_command(obj: object, coco: Path, images: Path | None, test_coco: Path | None, test_images: Path | None,
-                     out_dir: Path, arms: str, seeds: str, budget: int, cycles: int, backbone: str, image_size: int,
-                     init: Path | None, image_steps: int, min_epochs: int, batch_size: int, lr: float,
-                     validation: float, test_fraction: float, group_key: str, tune: bool,
-                     score_thresholds: str | None, design_from: Path | None, config_path: Path | None, device: str,
-                     threads: int | None, restart: bool) -> None:
-    handle_errors(_run)(obj, coco, images, test_coco, test_images, out_dir, arms, seeds, budget, cycles, backbone,
-                        image_size, init, image_steps, min_epochs, batch_size, lr, validation, test_fraction,
-                        group_key, tune, score_thresholds, design_from, config_path, device, threads, restart)
+def simulate_command(obj: object, **options: Any) -> None:
+    handle_errors(_run)(obj, options)
 
 
-def _run(obj: object, coco: Path, images: Path | None, test_coco: Path | None, test_images: Path | None,
-         out_dir: Path, arms: str, seeds: str, budget: int, cycles: int, backbone: str, image_size: int,
-         init: Path | None, image_steps: int, min_epochs: int, batch_size: int, lr: float, validation: float,
-         test_fraction: float, group_key: str, tune: bool, score_thresholds: str | None, design_from: Path | None,
-         config_path: Path | None, device: str, threads: int | None, restart: bool) -> None:
+def _settings(o: dict[str, Any]) -> Any:
+    """The replay's settings from the command's options (one line naming a bad one)."""
+    from tsp_model.simulation import SimulationError, SimulationSettings
+
+    try:
+        seeds = [int(v) for v in o["seeds"].split(",") if v.strip()]
+    except ValueError:
+        raise SimulationError(f"--seeds {o['seeds']!r}: expected comma-separated integers") from None
+    if o["init"] is not None and not o["init"].is_file():
+        raise SimulationError(f"--init {o['init']}: checkpoint not found")
+    settings = SimulationSettings(
+        arms=[a.strip() for a in o["arms"].split(",") if a.strip()], seeds=seeds, budget=o["budget"],
+        cycles=o["cycles"], backbone=o["backbone"], image_size=o["image_size"],
+        init=str(o["init"]) if o["init"] else None, image_steps=o["image_steps"], min_epochs=o["min_epochs"],
+        batch_size=o["batch_size"], lr=o["lr"], device=o["device"], threads=o["threads"],
+        validation=o["validation"], test=o["test_fraction"],
+        group_key=None if o["group_key"] == "none" else o["group_key"], tune=o["tune"],
+        design_from=str(o["design_from"]) if o["design_from"] else None,
+    )
+    if o["score_thresholds"]:
+        settings.score_thresholds = _floats(o["score_thresholds"]) or settings.score_thresholds
+    settings.check()
+    return settings
+
+
+def _run(obj: object, o: dict[str, Any]) -> None:
     from tsp_model.core.config import load_config
-    from tsp_model.simulation import SimulationError, SimulationSettings, run_simulation
+    from tsp_model.simulation import SimulationError, run_simulation
     from tsp_model.simulation.data import load_simulation_data
     from tsp_model.simulation.results import format_table
 
-    try:
-        seed_list = [int(v) for v in seeds.split(",") if v.strip()]
-    except ValueError:
-        raise SimulationError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    if init is not None and not init.is_file():
-        raise SimulationError(f"--init {init}: checkpoint not found")
-    settings = SimulationSettings(
-        arms=[a.strip() for a in arms.split(",") if a.strip()], seeds=seed_list, budget=budget, cycles=cycles,
-        backbone=backbone, image_size=image_size, init=str(init) if init else None, image_steps=image_steps,
-        min_epochs=min_epochs, batch_size=batch_size, lr=lr, device=device, threads=threads,
-        validation=validation, test=test_fraction, group_key=None if group_key == "none" else group_key, tune=tune,
-        design_from=str(design_from) if design_from else None,
-    )
-    if score_thresholds:
-        settings.score_thresholds = _floats(score_thresholds) or settings.score_thresholds
-    settings.check()
-    base = load_config(config_path) if config_path else None
-    data, _ = load_simulation_data(coco, images, settings, test_coco=test_coco, test_images=test_images)
-    progress = getattr(obj, "progress", True)
-    doc = run_simulation(data, settings, out_dir, base_config=base, title=coco.stem, progress=progress,
-                         restart=restart, log_cycle=lambda m: click.echo(m, err=True))
+    settings = _settings(o)
+    base = load_config(o["config_path"]) if o["config_path"] else None
+    data, _ = load_simulation_data(o["coco"], o["images"], settings, test_coco=o["test_coco"],
+                                   test_images=o["test_images"])
+    out_dir = o["out_dir"]
+    doc = run_simulation(data, settings, out_dir, base_config=base, title=o["coco"].stem,
+                         progress=getattr(obj, "progress", True), restart=o["restart"],
+                         log_cycle=lambda m: click.echo(m, err=True))
     click.echo(format_table(doc))
     click.echo(f"wrote {out_dir / 'simulation.json'}, {out_dir / 'simulation.png'}")
     if not doc["oracle_ok"] or doc["errors"]:
