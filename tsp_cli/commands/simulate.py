@@ -57,6 +57,9 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--test-fraction", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
 @click.option("--group-key", default="auto", show_default=True,
               help="COCO image field that groups near-duplicates (series_id, patient_id, source...); 'auto', or 'none'.")
+@click.option("--crowd", type=click.Choice(["auto", "instances", "ignore"]), default="auto", show_default=True,
+              help="What iscrowd 1 annotations are: instances (CVAT writes every mask so), or regions to ignore "
+                   "(COCO's meaning); auto: instances when every mask annotation is a crowd one, saying so.")
 @click.option("--tune/--no-tune", default=True, show_default=True,
               help="Choose the scoring threshold, empty-image rule and display threshold on the validation split.")
 @click.option("--score-thresholds", help="Candidates of active.score_threshold (default 0.3,0.5,0.7).")
@@ -88,7 +91,7 @@ def _settings(o: dict[str, Any]) -> Any:
         init=str(o["init"]) if o["init"] else None, image_steps=o["image_steps"], min_epochs=o["min_epochs"],
         batch_size=o["batch_size"], lr=o["lr"], device=o["device"], threads=o["threads"],
         validation=o["validation"], test=o["test_fraction"],
-        group_key=None if o["group_key"] == "none" else o["group_key"], tune=o["tune"],
+        group_key=None if o["group_key"] == "none" else o["group_key"], tune=o["tune"], crowd=o["crowd"],
         design_from=str(o["design_from"]) if o["design_from"] else None,
     )
     if o["score_thresholds"]:
@@ -107,6 +110,8 @@ def _run(obj: object, o: dict[str, Any]) -> None:
     base = load_config(o["config_path"]) if o["config_path"] else None
     data, _ = load_simulation_data(o["coco"], o["images"], settings, test_coco=o["test_coco"],
                                    test_images=o["test_images"])
+    for note in data.description["notes"]:
+        click.echo(note, err=True)
     out_dir = o["out_dir"]
     doc = run_simulation(data, settings, out_dir, base_config=base, title=o["coco"].stem,
                          progress=getattr(obj, "progress", True), restart=o["restart"],

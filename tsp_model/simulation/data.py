@@ -10,9 +10,11 @@ from typing import Any
 
 from tsp_model.data.coco import CocoInstanceDataset
 from tsp_model.simulation.settings import SimulationError, SimulationSettings
-from tsp_model.simulation.splits import Split, group_split
+from tsp_model.simulation.splits import GroupKeyError, Split, group_split
 
-__all__ = ["SimulationData", "load_simulation_data"]
+__all__ = ["CROWD_RULES", "SimulationData", "load_simulation_data", "resolve_crowd"]
+
+CROWD_RULES = ("auto", "instances", "ignore")
 
 
 @dataclass
@@ -60,6 +62,43 @@ def _check_coco(path: Path, image_dir: Path, what: str) -> dict[str, Any]:
     return doc
 
 
+def resolve_crowd(doc: dict[str, Any], rule: str, path: Path) -> str | None:
+    """Decide, in ``doc``, what its ``iscrowd: 1`` annotations are; returns a line to print, or None.
+
+    COCO means a crowd annotation as a region ignored in training and evaluation (``"ignore"``:
+    kept so). CVAT's COCO export (Datumaro's ``convert_instance``: ``is_crowd = mask is not
+    None``) marks every instance it saves as a mask ``iscrowd: 1``; ``"instances"`` makes them
+    ordinary instances (``iscrowd`` set to 0 in memory). ``"auto"``: instances when every mask
+    (RLE) annotation of the file is a crowd one, as CVAT writes them, saying so; a file that mixes
+    crowd and ordinary masks stops with one line naming the option. "ignore" that leaves nothing
+    to train on stops too: never a silent zero.
+    """
+    anns = doc.get("annotations") or []
+    crowd = [a for a in anns if a.get("iscrowd", 0)]
+    if not crowd:
+        return None
+    if rule == "auto":
+        masks = [a for a in anns if isinstance(a.get("segmentation"), dict)]
+        if not all(a.get("iscrowd", 0) for a in masks):
+            raise SimulationError(
+                f"{path}: {len(crowd)} of {len(anns)} annotations are iscrowd 1 beside ordinary mask annotations; pass "
+                "--crowd instances (they are lesions, e.g. exported by CVAT) or --crowd ignore (COCO's regions to "
+                "ignore)")
+        rule = "instances"
+        note = (f"{path}: {len(crowd)} mask annotations have iscrowd 1, as CVAT's COCO export writes every mask "
+                "instance: trained and evaluated as instances (--crowd ignore to skip them as COCO does)")
+    else:
+        note = None
+    if rule == "instances":
+        for a in crowd:
+            a["iscrowd"] = 0
+        return note
+    if len(crowd) == len(anns):
+        raise SimulationError(f"{path}: all {len(anns)} annotations are iscrowd 1, which --crowd ignore leaves out: "
+                              "nothing to train on; pass --crowd instances if they are lesions (e.g. a CVAT export)")
+    return None
+
+
 def load_simulation_data(
     coco: str | Path,
     images: str | Path | None,
@@ -69,34 +108,40 @@ def load_simulation_data(
     test_images: str | Path | None = None,
     extra_tests: dict[str, tuple[Path, Path]] | None = None,
 ) -> tuple[SimulationData, Split]:
-    """Check the COCO set(s) and split them (a given test set is used as is)."""
+    """Check the COCO set(s), decide what their crowd annotations are (:func:`resolve_crowd`)
+    and split them (a given test set is used as is)."""
     coco, image_dir = Path(coco), Path(images) if images else Path(coco).parent
-    doc = _check_coco(coco, image_dir, "the labeled")
-    split = group_split(doc["images"], validation=settings.validation if settings.uses_validation else 0.0,
-                        test=0.0 if test_coco else settings.test, seed=settings.split_seed,
-                        group_key=settings.group_key)
+    sources = {"labeled": (coco, image_dir)}
+    if test_coco:
+        sources["test"] = (Path(test_coco), Path(test_images) if test_images else Path(test_coco).parent)
+    sources.update({name: (Path(ann), Path(idir)) for name, (ann, idir) in (extra_tests or {}).items()})
+    docs, notes = {}, []
+    for name, (path, folder) in sources.items():
+        docs[name] = _check_coco(path, folder, f"the {name}" if name in ("labeled", "test") else name)
+        note = resolve_crowd(docs[name], settings.crowd, path)
+        notes += [note] if note else []
+    doc = docs["labeled"]
+    try:
+        split = group_split(doc["images"], validation=settings.validation if settings.uses_validation else 0.0,
+                            test=0.0 if test_coco else settings.test, seed=settings.split_seed,
+                            group_key=settings.group_key)
+    except GroupKeyError as exc:
+        raise SimulationError(f"{coco}: {exc}") from None
     try:
         full = CocoInstanceDataset(doc, image_dir, train=True)
         pool = full.subset(split.pool)
-        tests: dict[str, CocoInstanceDataset] = {}
-        if test_coco:
-            test_coco = Path(test_coco)
-            tdir = Path(test_images) if test_images else test_coco.parent
-            _check_coco(test_coco, tdir, "the test")
-            tests["test"] = CocoInstanceDataset(test_coco, tdir, train=False, class_names=full.class_names)
-        else:
-            tests["test"] = CocoInstanceDataset(doc, image_dir, train=False).subset(split.test)
-        for name, (ann, idir) in (extra_tests or {}).items():
-            _check_coco(ann, idir, name)
-            tests[name] = CocoInstanceDataset(ann, idir, train=False, class_names=full.class_names)
-        validation = (CocoInstanceDataset(doc, image_dir, train=False).subset(split.validation)
-                      if split.validation else None)
+        evaluation = CocoInstanceDataset(doc, image_dir, train=False)
+        tests = {"test": evaluation.subset(split.test)} if not test_coco else {}
+        for name, (_, folder) in sources.items():
+            if name != "labeled":
+                tests[name] = CocoInstanceDataset(docs[name], folder, train=False, class_names=full.class_names)
+        validation = evaluation.subset(split.validation) if split.validation else None
     except (ValueError, KeyError) as exc:
         raise SimulationError(f"{coco}: {' '.join(str(exc).split())}") from None
     if len(pool) < settings.budget * settings.cycles:
         raise SimulationError(f"{settings.cycles} cycles x b = {settings.budget} need {settings.budget * settings.cycles} "
                               f"pool images; the pool has {len(pool)} (lower --budget or --cycles)")
     desc = {"coco": str(coco), "images": str(image_dir), "class_names": full.class_names, "split": split.describe(),
-            "test_sets": {k: len(v) for k, v in tests.items()}}
+            "test_sets": {k: len(v) for k, v in tests.items()}, "crowd": settings.crowd, "notes": notes}
     groups = {i: split.groups[i] for i in split.pool + split.validation}
     return SimulationData(pool, validation, tests, groups, desc), split

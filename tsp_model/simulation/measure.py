@@ -99,7 +99,8 @@ def label_stats(pool: CocoInstanceDataset, labeled: Iterable[int], groups: dict[
     empty = 0
     labeled = list(labeled)
     for i in labeled:
-        anns = coco.imgToAnns.get(int(i), [])
+        # as training reads them: a crowd annotation left as such is a region to ignore, no lesion
+        anns = [a for a in coco.imgToAnns.get(int(i), []) if not a.get("iscrowd", 0)]
         empty += not anns
         for a in anns:
             per_class[cats[a["category_id"]]] += 1

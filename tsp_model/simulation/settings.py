@@ -63,6 +63,9 @@ class SimulationSettings:
     test: float = 0.2  # fraction for the test set when none is given
     split_seed: int = 0
     group_key: str | None = "auto"
+    # what iscrowd 1 annotations are: "auto" (CVAT-style: every mask a crowd one -> instances,
+    # saying so), "instances", "ignore" (COCO's regions ignored in training and evaluation)
+    crowd: str = "auto"
     tune: bool = True
     # model-design candidates (dicts over MODEL_DESIGN_KEYS), each with its own M_1; None: no
     # model design, the settings' norm and mask_threshold hold
@@ -132,6 +135,8 @@ class SimulationSettings:
         for src in [*self.cluster_sources, self.cluster_source]:
             if src not in CLUSTER_SOURCES:
                 raise SimulationError(f"simulate: unknown cluster source {src!r} (use {', '.join(CLUSTER_SOURCES)})")
+        if self.crowd not in ("auto", "instances", "ignore"):
+            raise SimulationError(f"simulate: --crowd {self.crowd!r}: use auto, instances or ignore")
         for cand in self.model_candidates or []:
             bad = sorted(set(cand) - set(MODEL_DESIGN_KEYS))
             if bad or not cand:
