@@ -26,17 +26,22 @@ def _floats(text: str | None) -> list[float] | None:
     return [float(v) for v in text.split(",")] if text else None
 
 
-@click.command("simulate", help="Replay active learning with an oracle on a fully labeled COCO set: mAP per cycle "
-                                "and arm, paired differences, labels needed for 95% of full supervision.")
-@click.option("--coco", "coco", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.command("simulate", help="Replay active learning with an oracle on fully labeled images (a COCO file, or a "
+                                "Label Studio project's finished tasks): mAP per cycle and arm, paired differences, "
+                                "labels needed for 95% of full supervision.")
+@click.option("--coco", "coco", type=click.Path(dir_okay=False, path_type=Path),
               help="COCO instances json of the fully labeled images (masks as polygons or RLE).")
+@click.option("--project", "-p", help="Instead of --coco: a tsp.toml project (or Label Studio id) whose finished tasks "
+                                      "are pulled and replayed (the oracle holds what your annotators labeled).")
+@click.option("--offline", is_flag=True, help="With --project: replay the latest pulled snapshot, without Label Studio.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path),
               help="Folder the file_name entries are relative to (default: the json's folder).")
 @click.option("--test-coco", type=click.Path(dir_okay=False, path_type=Path),
               help="A separate test set (default: split off --test-fraction of the groups).")
 @click.option("--test-images", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("simulation"),
-              show_default=True, help="Results and the resumable work folder.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Results and the resumable work folder (default ./simulation, or <workdir>/simulation with "
+                   "--project).")
 @click.option("--arms", default="random,class_entropy,tsp,tsp+pseudo,tsp_instance,tsp_diverse,tsp_diverse+pseudo,full",
               show_default=True, help="STRATEGY[+pseudo][+typiclust] or full, comma-separated; 'all' adds every strategy.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (paired across arms).")
@@ -100,20 +105,47 @@ def _settings(o: dict[str, Any]) -> Any:
     return settings
 
 
-def _run(obj: object, o: dict[str, Any]) -> None:
+def _project_source(obj: Any, o: dict[str, Any]) -> tuple[Path, Path, Path, Any]:
+    """``(COCO file, image folder, default out folder, the project's training config)`` of a
+    project's latest snapshot, pulled first unless ``--offline``."""
+    from tsp_cli.client import SyncError
+    from tsp_cli.commands.pull import pull
+    from tsp_cli.workdir import Workdir
+
+    settings = obj.project_settings(o["project"])
+    workdir = Workdir(settings.workdir)
+    if not o["offline"]:
+        client, ls_project, secrets = obj.connect(settings)
+        res = pull(client, ls_project, workdir, secrets, progress=obj.progress)
+        click.echo(f"snapshot {res.snapshot.number} ({'new' if res.created else 'unchanged'}): "
+                   f"{res.counts['labeled']} finished tasks to replay", err=True)
+    snap = workdir.latest_snapshot(required=False)
+    if snap is None:
+        raise SyncError(f"project {o['project']}: no snapshot in {workdir.root}; run tsp-sync pull (or drop --offline)")
+    return snap.annotations, snap.image_dir, workdir.root / "simulation", settings.train_config()
+
+
+def _run(obj: Any, o: dict[str, Any]) -> None:
     from tsp_model.core.config import load_config
     from tsp_model.simulation import SimulationError, run_simulation
     from tsp_model.simulation.data import load_simulation_data
     from tsp_model.simulation.results import format_table
 
+    if (o["coco"] is None) == (o["project"] is None):
+        raise SimulationError("simulate: give --coco FILE (a labeled COCO set) or --project NAME (a Label Studio "
+                              "project's finished tasks), one of them")
+    if o["project"] is not None:
+        coco, images, out_default, base = _project_source(obj, o)
+        title = f"project {o['project']}"
+    else:
+        coco, images, out_default, base, title = o["coco"], o["images"], Path("simulation"), None, o["coco"].stem
     settings = _settings(o)
-    base = load_config(o["config_path"]) if o["config_path"] else None
-    data, _ = load_simulation_data(o["coco"], o["images"], settings, test_coco=o["test_coco"],
-                                   test_images=o["test_images"])
+    base = load_config(o["config_path"]) if o["config_path"] else base
+    data, _ = load_simulation_data(coco, images, settings, test_coco=o["test_coco"], test_images=o["test_images"])
     for note in data.description["notes"]:
         click.echo(note, err=True)
-    out_dir = o["out_dir"]
-    doc = run_simulation(data, settings, out_dir, base_config=base, title=o["coco"].stem,
+    out_dir = o["out_dir"] or out_default
+    doc = run_simulation(data, settings, out_dir, base_config=base, title=title,
                          progress=getattr(obj, "progress", True), restart=o["restart"],
                          log_cycle=lambda m: click.echo(m, err=True))
     click.echo(format_table(doc))
