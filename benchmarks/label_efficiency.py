@@ -146,7 +146,7 @@ def _write_tiles(out_dir: Path, sources: Sequence[tuple[str, Path, Path]], tile:
     import tifffile
     from PIL import Image
 
-    from tsp_model.data.coco import write_coco
+    from tsp_model.data.coco_file import write_coco
 
     images, anns = [], []
     for name, img_path, lab_path in sources:

@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--keep", type=Path, help="keep the Label Studio data and work folders here")
+    p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                   help="Label Studio's database: SQLite (the quickstart's), or PostgreSQL with docker-compose.yml's "
+                        "settings on a throwaway local cluster (tests/pg_fixtures.py)")
     args = p.parse_args(argv)
 
     from label_studio_sdk import LabelStudio
@@ -309,15 +312,24 @@ def main(argv: list[str] | None = None) -> int:
     base = args.keep or Path(tempfile.mkdtemp(prefix="tsp-scaling-"))
     base.mkdir(parents=True, exist_ok=True)
     extra = {} if args.legacy_import else {FLAG: "true"}
+    pg = None
+    if args.database == "postgresql":
+        sys.path.insert(0, str(ROOT))
+        from tests.pg_fixtures import LocalPostgres, compose_label_studio_env
+
+        pg = LocalPostgres().start()
+        extra = {**compose_label_studio_env(pg), **extra}
     load_start = os.getloadavg()[0]
     ls = LocalLabelStudio(base / "label-studio", extra_env=extra)
-    ls.start()
     try:
+        ls.start()
         client = LabelStudio(base_url=ls.url, api_key=ls.token, timeout=600)
         env = dict(os.environ, LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=ls.token, OMP_NUM_THREADS="1")
         runs = [run_size(client, ls, n, args, base, env) for n in sorted(args.sizes)]
     finally:
         ls.stop()
+        if pg is not None:
+            pg.stop()
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
     sizes = [r["tasks"] for r in runs]
@@ -327,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "load_start": round(load_start, 2),
                     "load_end": round(os.getloadavg()[0], 2)},
-        "label_studio": {"version": "1.23.2 (local, SQLite)", "memory_efficient_import": not args.legacy_import},
+        "label_studio": {"version": f"1.23.2 (local, {'SQLite' if pg is None else 'PostgreSQL ' + pg.version()})",
+                         "database": args.database, "memory_efficient_import": not args.legacy_import},
         "settings": {"labeled": args.labeled, "size": args.size, "detections": args.detections,
                      "push_batch": args.push_batch, "backbone": "tiny_fpn (untrained)", "device": "cpu"},
         "runs": runs,

@@ -75,6 +75,11 @@ class LocalPostgres:
         self._run(["psql", "-v", "ON_ERROR_STOP=1", "-q", "-h", str(self.root), "-p", str(self.port), "-U", "postgres",
                    "-d", "postgres"], stdin=sql)
 
+    def version(self) -> str:
+        """The server's version, e.g. ``15.18``."""
+        return self._run(["psql", "-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+                          "-tAc", "SHOW server_version"]).split()[0]
+
     def stop(self) -> None:
         if self.data.is_dir():
             subprocess.run(self._as + [_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
