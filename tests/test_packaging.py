@@ -202,7 +202,7 @@ def test_the_built_wheel_holds_every_command(tmp_path):
                            capture_output=True, text=True, cwd=work, env=env, check=True).stdout
     assert str(ROOT) not in where and site in where, where
     commands = ["pull", "retrain", "score", "reorder", "cycle", "status", "import", "overlay", "report", "simulate",
-                "demo"]
+                "demo", "pretrain"]
     for args in [["--help"], *([c, "--help"] for c in commands)]:
         r = subprocess.run([str(venv / "bin" / "tsp-sync"), *args], capture_output=True, text=True, cwd=work, env=env,
                            timeout=120)

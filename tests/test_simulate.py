@@ -215,3 +215,28 @@ def test_the_design_is_chosen_once_on_validation_and_reused(series, tmp_path, mo
     doc = run_simulation(load_simulation_data(series, None, other)[0], other, tmp_path / "other", progress=False)
     assert doc["design"]["from"] == str(tmp_path / "sim") and doc["chosen"]["norm"] == design["chosen"]["norm"]
     assert len(calls) == 2  # M_1 and tsp's cycle 2 of seed 2: nothing tuned
+
+
+def test_simulate_pretrains_the_backbone_and_starts_every_model_from_it(series, tmp_path):
+    """Issue 26: --pretrain trains a self-supervised backbone on the pool's slices once (ledgered,
+    with its cost), every model of the run starts from it, and TypiClust's embedding is chosen on
+    the validation split between thumbnails and the pretrained backbone."""
+    from tsp_model.engine.checkpoint import load_checkpoint
+    from tsp_model.simulation.ledger import Ledger
+
+    settings = _tiny(arms=["random", "random+typiclust"], pretrain=True, pretrain_epochs=2, tune=True, validation=0.25,
+                     tune_candidates=[[0.5, "constant"]], show_thresholds=[0.4], keep_checkpoints=True)
+    data, _ = load_simulation_data(series, None, settings)
+    doc = run_simulation(data, settings, tmp_path / "sim", progress=False)
+    pre = doc["pretrain"]
+    assert pre["method"] == "simsiam" and pre["epochs"] == 2 and pre["slices"] == len(data.pool)
+    assert pre["cost"]["views_per_second"] > 0 and len(pre["loss"]) == 2
+    backbone = load_checkpoint(pre["checkpoint"])["model"]
+    ledger = Ledger(tmp_path / "sim" / "ledger.jsonl")
+    model = load_checkpoint(ledger.get("seed0/random/cycle2")["checkpoint"])
+    assert model["config"]["model"]["weights_backbone"] == pre["checkpoint"]
+    assert model["config"]["model"]["norm"] == "group"  # GroupNorm weights: no running statistics
+    assert set(doc["design"]["typiclust"]) == {"thumbnail", "pretrained"}
+    assert doc["chosen"]["typiclust_embedding"] in ("thumbnail", "pretrained")
+    assert {r["arm"] for r in doc["runs"]} == {"random", "random+typiclust"}
+    assert any(k.startswith("body.") for k in backbone) and any(k.startswith("fpn.") for k in backbone)

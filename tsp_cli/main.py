@@ -10,6 +10,7 @@
     tsp-sync overlay --project ich     # hardest/easiest slices with "label: c b m"
     tsp-sync report  --project ich     # learning curve and S_i histograms
     tsp-sync simulate --coco labeled.json  # replay active learning on your own labeled data
+    tsp-sync pretrain --project ich    # self-supervised backbone on the project's slices
     tsp-sync demo                      # the quickstart on generated head-CT slices
 
 Settings: ``tsp.toml`` (or ``--config`` / ``$TSP_CONFIG``); server ``$LABEL_STUDIO_URL``, token
@@ -25,6 +26,7 @@ import click
 from tsp_cli.commands.cycle import cycle_command
 from tsp_cli.commands.demo import demo_command
 from tsp_cli.commands.importer import import_command
+from tsp_cli.commands.pretrain import pretrain_command
 from tsp_cli.commands.pull import pull_command
 from tsp_cli.commands.reorder import reorder_command
 from tsp_cli.commands.retrain import retrain_command
@@ -59,7 +61,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, no_progress: 
 
 
 for command in (pull_command, retrain_command, score_command, reorder_command, cycle_command, status_command,
-                demo_command, import_command, overlay_command, report_command, simulate_command):
+                demo_command, import_command, overlay_command, report_command, simulate_command, pretrain_command):
     cli.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -198,6 +198,14 @@ def pool_queue(workdir: Any, snap: Any, checkpoint: Path, cfg: TSPConfig, *, gpu
         labeled = [rescored(r, cfg.active)
                    for r in labeled_records(workdir, snap, checkpoint, cfg, version, gpus=gpus, progress=progress)]
     pool = [_queue_entry(r) for r in records] if strategy == DEFAULT_STRATEGY else list(records)
+    if cfg.active.cluster_source == "pretrained":
+        from tsp_model.al.cycle import add_pretrained_embeddings
+
+        try:
+            add_pretrained_embeddings([*pool, *labeled], {r.image_id: snap.image_dir / r.file_name
+                                                           for r in [*pool, *labeled]}, cfg.model.weights_backbone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     try:
         # snapshot n's model queues what the replay's cycle n + 1 queues (M_n's pool scores)
         queue = queue_order(pool, labeled, cfg.active, seed=cfg.train.seed + snap.number + 1,

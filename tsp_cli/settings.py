@@ -36,7 +36,7 @@ __all__ = [
     "select_project",
 ]
 
-CONFIG_SECTIONS = ("model", "train", "active", "score")
+CONFIG_SECTIONS = ("model", "train", "active", "score", "pretrain")
 PROJECT_KEYS = ("label_studio_project", "workdir", "model_dir", "config", "holdout_fraction", "push_batch")
 DEFAULT_FILE = "tsp.toml"
 

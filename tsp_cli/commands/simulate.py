@@ -62,6 +62,10 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--test-fraction", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
 @click.option("--group-key", default="auto", show_default=True,
               help="COCO image field that groups near-duplicates (series_id, patient_id, source...); 'auto', or 'none'.")
+@click.option("--pretrain", is_flag=True,
+              help="Pretrain the backbone on the pool's slices first (self-supervised, labels unread; tsp-sync "
+                   "pretrain's method) and start every model from it.")
+@click.option("--pretrain-epochs", type=click.IntRange(min=1), help="Epochs of that pretraining (default: the config's).")
 @click.option("--crowd", type=click.Choice(["auto", "instances", "ignore"]), default="auto", show_default=True,
               help="What iscrowd 1 annotations are: instances (CVAT writes every mask so), or regions to ignore "
                    "(COCO's meaning); auto: instances when every mask annotation is a crowd one, saying so.")
@@ -97,7 +101,8 @@ def _settings(o: dict[str, Any]) -> Any:
         batch_size=o["batch_size"], lr=o["lr"], device=o["device"], threads=o["threads"],
         validation=o["validation"], test=o["test_fraction"],
         group_key=None if o["group_key"] == "none" else o["group_key"], tune=o["tune"], crowd=o["crowd"],
-        design_from=str(o["design_from"]) if o["design_from"] else None,
+        design_from=str(o["design_from"]) if o["design_from"] else None, pretrain=o["pretrain"],
+        pretrain_epochs=o["pretrain_epochs"],
     )
     if o["score_thresholds"]:
         settings.score_thresholds = _floats(o["score_thresholds"]) or settings.score_thresholds

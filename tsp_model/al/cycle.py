@@ -35,7 +35,8 @@ from tsp_model.engine import distributed as du
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CycleResult", "QueueOrder", "first_batch", "queue_order", "run_cycle", "scoring_needs"]
+__all__ = ["CycleResult", "QueueOrder", "add_pretrained_embeddings", "first_batch", "queue_order", "run_cycle",
+           "scoring_needs"]
 
 
 @dataclass
@@ -54,9 +55,26 @@ def scoring_needs(active: ActiveConfig) -> dict[str, Any]:
     from tsp_model.al.strategies import scoring_options
 
     needs = dict(scoring_options(active.strategy, active.mc_passes))
-    if active.cluster_source != "none":
+    if active.cluster_source in ("embedding", "series"):
         needs["embeddings"] = needs["score_labeled"] = True  # "series" falls back to embeddings
+    elif active.cluster_source == "pretrained":
+        needs["score_labeled"] = True  # the labeled images count per cluster too
     return needs
+
+
+def add_pretrained_embeddings(records: Sequence[ImageScore], paths: Mapping[Any, str | Path],
+                              checkpoint: str | Path | None) -> None:
+    """Each record's ``extras["pretrained_embedding"]``: its slice embedded by the pretrained
+    backbone ``checkpoint`` (``model.weights_backbone``), for ``cluster_source = "pretrained"``."""
+    from tsp_model.engine.embeddings import encode_embedding
+    from tsp_model.engine.pretrain import pretrained_embeddings
+
+    if not checkpoint:
+        raise ValueError("active.cluster_source = 'pretrained' needs model.weights_backbone = a tsp-sync pretrain "
+                         "checkpoint")
+    todo = [r for r in records if "pretrained_embedding" not in r.extras]
+    for rec, vec in zip(todo, pretrained_embeddings(checkpoint, [paths[r.image_id] for r in todo])):
+        rec.extras["pretrained_embedding"] = encode_embedding(vec)
 
 
 def queue_order(pool: Sequence[ImageScore], labeled: Sequence[ImageScore], active: ActiveConfig, *, seed: int,
@@ -114,19 +132,30 @@ def _pool_items(dataset: Any, ids: Sequence[Any]) -> list[tuple[Any, Path, str]]
     return items
 
 
-def first_batch(active: Any, dataset: Any, pool_ids: Sequence[Any], seed: int) -> list[Any]:
+def first_batch(active: Any, dataset: Any, pool_ids: Sequence[Any], seed: int,
+                pretrained: str | Path | None = None) -> list[Any]:
     """Algorithm 1, line 4: the b images of cycle 1, chosen without a model.
 
     ``active.first_batch = "random"``: b pool images uniformly at random (the paper);
-    ``"typiclust"``: typical, diverse images of a label-free thumbnail embedding
-    (:func:`tsp_model.al.diversity.typiclust_first_batch`).
+    ``"typiclust"``: typical, diverse images (:func:`tsp_model.al.diversity.typiclust_first_batch`)
+    of a label-free embedding, ``active.typiclust_embedding``: gray thumbnails, or the
+    ``pretrained`` backbone (a ``tsp-sync pretrain`` checkpoint).
     """
     budget = min(active.budget, len(pool_ids))
     if active.first_batch == "typiclust":
         from tsp_model.al.diversity import thumbnail_embeddings, typiclust_first_batch
 
         paths = [dataset.image_path(dataset.index_of(i)) for i in pool_ids]
-        picks = typiclust_first_batch(thumbnail_embeddings(paths, seed=seed), budget, seed=seed)
+        if active.typiclust_embedding == "pretrained":
+            if not pretrained:
+                raise ValueError("active.typiclust_embedding = 'pretrained' needs model.weights_backbone = a tsp-sync "
+                                 "pretrain checkpoint")
+            from tsp_model.engine.pretrain import pretrained_embeddings
+
+            x = pretrained_embeddings(pretrained, paths)
+        else:
+            x = thumbnail_embeddings(paths, seed=seed)
+        picks = typiclust_first_batch(x, budget, seed=seed)
         return [pool_ids[i] for i in picks]
     return random.Random(seed).sample(list(pool_ids), budget)
 
@@ -182,7 +211,7 @@ def run_cycle(
     items = _pool_items(dataset, pool_ids)
 
     if prev_checkpoint is None:
-        selected = first_batch(a, dataset, pool_ids, seed)
+        selected = first_batch(a, dataset, pool_ids, seed, config.model.weights_backbone)
     else:
         loaded = load_model(prev_checkpoint, device=dist.device)
         if loaded.class_names != class_names:
@@ -201,6 +230,9 @@ def run_cycle(
                                                True, 0))
         del loaded
         records = read_jsonl(scores_path)
+        if a.cluster_source == "pretrained":
+            paths = {i: path for i, path, _ in items + _pool_items(dataset, labeled_ids)}
+            add_pretrained_embeddings([*records, *labeled_records], paths, config.model.weights_backbone)
         queue = queue_order(records, labeled_records, a, seed=seed, series=series)
         selected = queue.order[: a.budget]
 

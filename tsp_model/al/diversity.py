@@ -55,7 +55,9 @@ def assign_clusters(
     ``source``: ``"none"`` gives ``{}``; ``"series"`` numbers the series (``series``: image id ->
     series, in sorted order) when every image has one, and otherwise falls back to embeddings
     with a warning; ``"embedding"`` is k-means (``seed``) of the records' ``extras["embedding"]``
-    with k = :func:`cluster_count` (b = ``budget``).
+    (the detector's FPN) with k = :func:`cluster_count` (b = ``budget``); ``"pretrained"`` the
+    same of ``extras["pretrained_embedding"]`` (the self-supervised backbone's,
+    :func:`tsp_model.al.cycle.add_pretrained_embeddings`).
 
     Raises:
         ValueError: embeddings are needed and a record has none (naming how many).
@@ -78,11 +80,12 @@ def assign_clusters(
         logging.getLogger(__name__).warning(
             "active.cluster_source = 'series': %d of %d images have no DICOM series (SeriesInstanceUID); "
             "clustering embeddings instead", sum(i not in series for i in ids), len(ids))
-    missing = sum("embedding" not in r.extras for r in records)
+    key = "pretrained_embedding" if source == "pretrained" else "embedding"
+    missing = sum(key not in r.extras for r in records)
     if missing:
-        raise ValueError(f"active.cluster_source = {source!r}: {missing} score records have no embedding; score "
+        raise ValueError(f"active.cluster_source = {source!r}: {missing} score records have no {key}; score "
                          "the pool with embeddings")
-    x = np.stack([decode_embedding(r.extras["embedding"], name=f"image {r.image_id}") for r in records])
+    x = np.stack([decode_embedding(r.extras[key], name=f"image {r.image_id}") for r in records])
     labels = embedding_clusters(x, cluster_count(len(ids), budget), seed=seed)
     return {i: int(c) for i, c in zip(ids, labels)}
 

@@ -144,6 +144,9 @@ class ActiveConfig:
     # Cycle 1 has no model: "random" (Algorithm 1, line 4) or "typiclust", typical and diverse
     # images of a label-free embedding (tsp_model.al.diversity.typiclust_first_batch).
     first_batch: Literal["random", "typiclust"] = "random"
+    # TypiClust's embedding: gray thumbnails + PCA, or the pretrained backbone of
+    # model.weights_backbone (tsp-sync pretrain)
+    typiclust_embedding: Literal["thumbnail", "pretrained"] = "thumbnail"
     pseudo_labels: bool = True
     # M_k starts from M_{k-1}'s weights (fine-tuning, what `tsp-sync retrain` does by default), or
     # from a fresh initialization (the replay's protocol: every cycle's model alike but for data).
@@ -172,8 +175,9 @@ class ActiveConfig:
     # they labeled least in (tsp_model.al.diversity): every pushed prediction carries a cluster.
     # "embedding": k-means of the model's FPN embeddings, k = budget; "series": the DICOM
     # series of the slice (tasks imported by tsp-sync import; others fall back to embedding);
-    # "none": no clusters, the queue is the score order alone.
-    cluster_source: Literal["embedding", "series", "none"] = "embedding"
+    # "none": no clusters, the queue is the score order alone; "pretrained": k-means of the
+    # embeddings of the pretrained backbone (model.weights_backbone, from tsp-sync pretrain).
+    cluster_source: Literal["embedding", "series", "pretrained", "none"] = "embedding"
     # T, stochastic forward passes of the dropout heads for the mc_dropout strategy (batched:
     # one backbone/RPN pass, the heads run on T stacked copies of the RoI features).
     mc_passes: int = 10
@@ -191,6 +195,36 @@ class ScoreConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised pretraining of the backbone and FPN on unlabeled slices (SimSiam, Chen &
+    He, CVPR 2021: two augmented views of a slice, one predicts the other's projection through a
+    stop-gradient; no negatives, so it works with the small batches a department's GPU or a CPU
+    holds). ``tsp-sync pretrain`` writes the checkpoint; ``model.weights_backbone`` starts from it.
+
+    Views of a CT slice keep its intensities meaningful: a random crop of ``crop_scale`` of the
+    slice resized to ``model.min_size``, a horizontal flip, and contrast and brightness changes of
+    at most ``intensity`` within the display window (values stay in [0, 1]); no colour jitter, no
+    grey-scale conversion (a CT window is grey already), no solarization.
+    """
+
+    epochs: int = 100
+    batch_size: int = 32  # slices per process and step
+    # SGD for 256 slices per step, scaled linearly to batch_size x processes (SimSiam's rule)
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    crop_scale: list[float] = field(default_factory=lambda: [0.3, 1.0])
+    intensity: float = 0.2
+    projection_dim: int = 256  # SimSiam's projector and predictor widths, smaller than its
+    prediction_dim: int = 64  # 2048 / 512 for an ImageNet ResNet-50
+    workers: int = 2
+    amp: bool = True  # bf16 on CUDA
+    seed: int = 0
+    checkpoint_every_s: float = 60.0
+    device: str = "auto"
+
+
+@dataclass
 class TSPConfig:
     """The whole tree."""
 
@@ -198,6 +232,7 @@ class TSPConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -321,6 +356,13 @@ def _validate(obj: Any, prefix: str) -> None:
         need(obj.mc_passes >= 2, "mc_passes", "must be >= 2 (MC dropout compares passes)")
     elif isinstance(obj, ScoreConfig):
         need(obj.batch_size >= 1, "batch_size", "must be >= 1")
+    elif isinstance(obj, PretrainConfig):
+        need(obj.epochs >= 1, "epochs", "must be >= 1")
+        need(obj.batch_size >= 2, "batch_size", "must be >= 2 (the projector normalizes over the batch)")
+        need(obj.lr > 0, "lr", "must be > 0")
+        need(len(obj.crop_scale) == 2 and 0.0 < obj.crop_scale[0] <= obj.crop_scale[1] <= 1.0, "crop_scale",
+             "must be [min, max] with 0 < min <= max <= 1")
+        need(0.0 <= obj.intensity < 1.0, "intensity", "must be in [0, 1)")
 
 
 def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:

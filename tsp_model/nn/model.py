@@ -285,8 +285,11 @@ def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, list[str]]:
     else:  # pragma: no cover - config validation rejects other names
         raise ValueError(f"model.backbone: unknown backbone {cfg.backbone!r}")
     if cfg.weights_backbone is not None and _looks_like_path(cfg.weights_backbone):
-        body = backbone.body
-        missing = load_matching_weights(body, _load_state_dict_file(cfg.weights_backbone, "model.weights_backbone"))
+        state = _load_state_dict_file(cfg.weights_backbone, "model.weights_backbone")
+        # a pretrained backbone with its FPN (tsp-sync pretrain: body.*, fpn.*), or a body alone
+        # (a classification network's state, e.g. torchvision's ResNet file)
+        target = backbone if any(k.startswith(("body.", "fpn.")) for k in state) else backbone.body
+        missing = load_matching_weights(target, state)
         if missing:
             log.warning("model.weights_backbone: %d backbone tensors left at initialization", len(missing))
     return backbone, levels

@@ -9,7 +9,10 @@ Chosen once for a whole run, over all its seeds, in this order:
 2. S_i (scoring threshold x empty-image rule): the winner's M_1 pool scores are re-derived per
    candidate (no new inference), each selection trains a cycle-2 model, scored the same way;
 3. the display threshold: the mean F1 of the winner's M_1 regions on the validation images;
-4. the clusters of ``tsp_diverse`` (``cluster_sources``), like 2.
+4. the clusters of ``tsp_diverse`` (``cluster_sources``: the detector's embedding, the groups,
+   or the pretrained backbone's embedding), like 2;
+5. with ``pretrain`` and an arm starting with TypiClust: TypiClust's embedding (thumbnails or
+   the pretrained backbone), by the validation mAP of the cycle-1 model on its first batch.
 
 The result (``design.json`` in the run folder) holds every candidate's validation numbers per
 seed and the ``chosen`` values; another run reuses it with ``design_from`` instead of tuning on
@@ -30,7 +33,13 @@ from tsp_model.engine.predict import score_pool
 from tsp_model.core.records import read_jsonl, rescore
 from tsp_model.simulation.measure import calibration_of, pool_items, preannotation_cost
 from tsp_model.simulation.oracle import Oracle
-from tsp_model.simulation.settings import SimulationError, SimulationSettings, queue_clusters, variant_tag
+from tsp_model.simulation.settings import (
+    SimulationError,
+    SimulationSettings,
+    parse_arms,
+    queue_clusters,
+    variant_tag,
+)
 from tsp_model.al.strategies import get_strategy
 
 if TYPE_CHECKING:
@@ -181,6 +190,17 @@ def choose_design(rp: Replay) -> dict[str, Any]:
                 per_seed[f"seed{seed}"][f"tsp_diverse_{src}"] = {
                     "segm_ap50": ap, "selected_groups": len({groups[i] for i in entry["selected_ids"]})}
         chosen["cluster_source"] = _best(list(s0.cluster_sources), cluster_scores)
+
+    # 5. TypiClust's embedding, when an arm starts with TypiClust and the backbone is pretrained
+    typiclust_scores: dict[str, list[float]] = {}
+    if s0.pretrain and any(a.first_batch == "typiclust" for a in parse_arms(s0.arms)):
+        for emb in s0.typiclust_embeddings:
+            for seed in s0.seeds:
+                key, c1 = rp.cycle1(seed, dataclasses.replace(s, typiclust_embedding=emb), {}, "typiclust")
+                ap = _val_ap50(rp, key, c1["checkpoint"])
+                typiclust_scores.setdefault(emb, []).append(ap)
+                per_seed[f"seed{seed}"][f"typiclust_{emb}"] = {"cycle1_segm_ap50": ap}
+        chosen["typiclust_embedding"] = _best(list(typiclust_scores), typiclust_scores)
     return {
         "tuned": True,
         "seeds": list(s0.seeds),
@@ -190,11 +210,13 @@ def choose_design(rp: Replay) -> dict[str, Any]:
                      "candidate with its own M_1, under the default S_i design",
             "S_i": "mean validation mask mAP@0.5 of a cycle-2 tsp model (no pseudo labels) over seeds",
             "display": "mean F1 of M_1's shown regions on validation (mask IoU >= 0.5, same class)",
-            "clusters": "mean validation mask mAP@0.5 of a cycle-2 tsp_diverse model"},
+            "clusters": "mean validation mask mAP@0.5 of a cycle-2 tsp_diverse model",
+            "typiclust": "mean validation mask mAP@0.5 of the cycle-1 model on TypiClust's first batch"},
         "models": variant_docs,
         "candidates": {f"t{t:g}_{r}": {"per_seed": v, "mean": float(np.mean(v))} for (t, r), v in rule_scores.items()},
         "display_f1": {f"{t:g}": {"per_seed": v, "mean": float(np.mean(v))} for t, v in f1s.items()},
         "clusters": {c: {"per_seed": v, "mean": float(np.mean(v))} for c, v in cluster_scores.items() if v},
+        "typiclust": {e: {"per_seed": v, "mean": float(np.mean(v))} for e, v in typiclust_scores.items()},
         "per_seed": per_seed,
         "chosen": chosen,
     }

@@ -122,7 +122,8 @@ class Replay:
     def cycle1(self, seed: int, s: SimulationSettings, over: dict[str, Any], first: str,
                need_checkpoint: bool = True) -> tuple[str, dict[str, Any]]:
         """M_1 of a seed, model variant (``s``) and start (arm overrides, first-batch rule)."""
-        tag = f"cycle1_{first}_{variant_tag(s, self.base_config)}" + "".join(f"_{k}{v}" for k, v in sorted(over.items()))
+        start = first if first != "typiclust" else f"typiclust-{s.typiclust_embedding}"
+        tag = f"cycle1_{start}_{variant_tag(s, self.base_config)}" + "".join(f"_{k}{v}" for k, v in sorted(over.items()))
         key = f"seed{seed}/{tag}"
         cfg = s.config(seed, self.base_config, over)
         cfg.active.first_batch = first  # type: ignore[assignment]

@@ -92,6 +92,31 @@ def _design(rp: Replay, out_dir: Path) -> dict[str, Any]:
     return design
 
 
+def _pretrain(s: SimulationSettings, data: SimulationData, out_dir: Path, base_config: TSPConfig | None,
+              ledger: Ledger, progress: bool) -> dict[str, Any]:
+    """The replay's pretrained backbone: SimSiam on the pool's slices (never the validation or
+    test ones, whose labels stay unread anyway), once per run folder."""
+    from tsp_model.engine.pretrain import pretrain
+
+    entry = ledger.get("pretrain")
+    if entry is None or not Path(entry["checkpoint"]).is_file():
+        cfg = s.config(0, base_config)
+        if s.pretrain_epochs is not None:
+            cfg.pretrain.epochs = s.pretrain_epochs
+        cfg.pretrain.workers, cfg.pretrain.device, cfg.pretrain.amp = s.workers, s.device, s.amp
+        paths = [data.pool.image_path(k) for k in range(len(data.pool))]
+        t0 = time.perf_counter()
+        checkpoint = pretrain(cfg, paths, out_dir / "work" / "pretrain" / "backbone.pt", progress=progress)
+        from tsp_model.engine.checkpoint import load_checkpoint
+
+        state = load_checkpoint(checkpoint)
+        entry = ledger.add("pretrain", kind="pretrain", checkpoint=str(checkpoint), slices=len(paths),
+                           epochs=state["epoch"], method=state["pretrain"]["method"], settings=state["pretrain"],
+                           cost=state.get("cost", {}), loss=[h["loss"] for h in state["history"]],
+                           seconds=round(time.perf_counter() - t0, 1))
+    return {k: v for k, v in entry.items() if k != "key"}
+
+
 def _apply(s: SimulationSettings, design: dict[str, Any]) -> SimulationSettings:
     chosen = design.get("chosen")
     if not chosen:
@@ -99,7 +124,8 @@ def _apply(s: SimulationSettings, design: dict[str, Any]) -> SimulationSettings:
     return dataclasses.replace(
         s, norm=chosen.get("norm", s.norm), mask_threshold=chosen.get("mask_threshold", s.mask_threshold),
         score_threshold=chosen["score_threshold"], empty_image_rule=chosen["empty_image_rule"],
-        show_threshold=chosen["show_threshold"], cluster_source=chosen.get("cluster_source", s.cluster_source))
+        show_threshold=chosen["show_threshold"], cluster_source=chosen.get("cluster_source", s.cluster_source),
+        typiclust_embedding=chosen.get("typiclust_embedding", s.typiclust_embedding))
 
 
 def run_simulation(
@@ -131,6 +157,9 @@ def run_simulation(
     starts = {(tuple(sorted(model_overrides(a.strategy).items())), a.first_batch) for a in al_arms}
     total = len(s.seeds) * (len(starts) + len(al_arms) * (s.cycles - 1) + (FULL in [a.name for a in arms]))
     bar = tsp_progress(total=total, desc=f"simulate {title or ''}".strip(), unit="model", enabled=progress)
+    pretrained = _pretrain(s, data, out_dir, base_config, ledger, progress) if s.pretrain else None
+    if pretrained is not None:
+        s = dataclasses.replace(s, weights_backbone=pretrained["checkpoint"])
     rp = Replay(data, s, out_dir, base_config=base_config, ledger=ledger, bar=bar,
                 echo=log_cycle or (lambda m: log.info("%s", m)))
     design = _design(rp, out_dir)
@@ -192,7 +221,8 @@ def run_simulation(
         "chosen": {"norm": chosen.model.norm, "mask_threshold": chosen.model.mask_threshold,
                    "score_threshold": chosen.active.score_threshold,
                    "empty_image_rule": chosen.active.empty_image_rule,
-                   "show_threshold": chosen.active.show_threshold, "cluster_source": s.cluster_source},
+                   "show_threshold": chosen.active.show_threshold, "cluster_source": s.cluster_source,
+                   "typiclust_embedding": s.typiclust_embedding},
         "data": data.description,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "device": str(rp.device),
                         "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
@@ -201,6 +231,7 @@ def run_simulation(
         "summary": summary,
         "paired": paired_differences(rows, "random"),
         "labels_to_95pct_full": labels_to_fraction_of_full(summary, CEILING_FRACTION),
+        "pretrain": pretrained,
         "preannotation": measured["preannotation"],
         "calibration": measured["calibration"],
         "oracle": rp.oracle_log,

@@ -15,6 +15,7 @@ from tsp_model.al.strategies import available_strategies, get_strategy
 __all__ = [
     "Arm",
     "CLUSTER_SOURCES",
+    "TYPICLUST_EMBEDDINGS",
     "DEFAULT_ARMS",
     "MODEL_DESIGN_KEYS",
     "SimulationError",
@@ -27,7 +28,8 @@ __all__ = [
 
 DEFAULT_ARMS = ["random", "class_entropy", "tsp", "tsp+pseudo", "tsp_instance", "tsp_diverse",
                 "tsp_diverse+pseudo", FULL]
-CLUSTER_SOURCES = ("embedding", "group")
+CLUSTER_SOURCES = ("embedding", "group", "pretrained")
+TYPICLUST_EMBEDDINGS = ("thumbnail", "pretrained")
 # settings a model-design candidate may set (each changes the network, so it needs its own M_1)
 MODEL_DESIGN_KEYS = ("norm", "mask_threshold")
 
@@ -84,6 +86,14 @@ class SimulationSettings:
     # another run's design (its folder or simulation.json): used as chosen there; nothing is
     # tuned, whatever ``tune`` says
     design_from: str | None = None
+    # self-supervised pretraining (tsp_model.engine.pretrain) on the pool's slices, labels unread;
+    # every model then starts from it (model.weights_backbone); None: the config's [pretrain]
+    pretrain: bool = False
+    pretrain_epochs: int | None = None
+    # TypiClust's embedding for +typiclust arms (thumbnail; pretrained needs pretrain); candidates
+    # are chosen on the validation split when pretraining
+    typiclust_embedding: str = "thumbnail"
+    typiclust_embeddings: list[str] = field(default_factory=lambda: ["thumbnail", "pretrained"])
     keep_checkpoints: bool = False
 
     @property
@@ -110,6 +120,7 @@ class SimulationSettings:
         t.lr_steps, t.lr_steps_unit = [0.9, 0.98], "fraction"  # the paper's 45/50 and 49/50
         t.workers, t.device, t.seed, t.log_every = self.workers, self.device, seed, 50
         a.budget = self.budget
+        a.typiclust_embedding = self.typiclust_embedding  # type: ignore[assignment]
         a.finetune = False  # every cycle's model from the same initialization: only the data differ
         a.cluster_source = "none"  # an arm that queues with clusters says so (queue_clusters)
         if self.score_threshold is not None:
@@ -135,6 +146,11 @@ class SimulationSettings:
         for src in [*self.cluster_sources, self.cluster_source]:
             if src not in CLUSTER_SOURCES:
                 raise SimulationError(f"simulate: unknown cluster source {src!r} (use {', '.join(CLUSTER_SOURCES)})")
+            if src == "pretrained" and not self.pretrain:
+                raise SimulationError("simulate: cluster source 'pretrained' needs --pretrain")
+        for emb in [*self.typiclust_embeddings, self.typiclust_embedding]:
+            if emb not in TYPICLUST_EMBEDDINGS:
+                raise SimulationError(f"simulate: unknown TypiClust embedding {emb!r} (use thumbnail or pretrained)")
         if self.crowd not in ("auto", "instances", "ignore"):
             raise SimulationError(f"simulate: --crowd {self.crowd!r}: use auto, instances or ignore")
         for cand in self.model_candidates or []:
@@ -216,4 +232,4 @@ def queue_clusters(settings: SimulationSettings, strategy: str) -> str:
     whose arms measure their own order."""
     if strategy != "tsp_diverse":
         return "none"
-    return "series" if settings.cluster_source == "group" else "embedding"
+    return {"group": "series", "pretrained": "pretrained"}.get(settings.cluster_source, "embedding")
