@@ -21,11 +21,13 @@ Data sets:
   images are NUCLEI_TEST_IMAGES (one per acquisition folder); the DSB2018 image, tiled the same
   way, is an extra test set ("test_dsb2018").
 
-Regimes: ``scratch`` (every model from random initialization) and ``warm`` (every cycle's model
+Regimes: ``scratch`` (every model from random initialization), ``warm`` (every cycle's model
 starts from a checkpoint trained on the *other* data set's full pool: phantoms for nuclei and
-nuclei for phantoms, standing in for the ImageNet/COCO weights a GPU server loads; made once with
-``--make-source`` and cached). The warm regime reuses the scratch run's validation choices (S_i
-design, display threshold, clusters) when its JSON exists, else tunes again.
+nuclei for phantoms, standing in for the ImageNet/COCO weights a GPU server loads; made once and
+cached) and ``pretrained`` (every model from a backbone pretrained with SimSiam on the pool's own
+slices, labels unread: ``tsp-sync pretrain``; issue 26). The warm regime reuses the scratch run's
+validation choices when its JSON exists; the pretrained regime keeps its model, S_i and display
+choices and chooses the clusters and TypiClust's embedding again (:func:`scratch_design`).
 
 Sizes: ``smoke`` (minutes; tests), ``cpu`` (the discriminating CPU size: 3 seeds of the default
 arms in about 90 minutes on a quiet 2-core machine), ``gpu`` (R50-FPN, see GPU_NOTE).
@@ -57,6 +59,9 @@ ARMS = {
     "default": ["random", "class_entropy", "tsp", "tsp_diverse", "tsp+pseudo", "tsp+pseudo0",
                 "tsp_diverse+pseudo", "full"],
     "warm": ["random", "class_entropy", "tsp", "tsp+pseudo", "tsp_diverse", "tsp_diverse+pseudo", "full"],
+    # issue #26: every model from a backbone pretrained on the pool (SimSiam); the cold start with
+    # TypiClust on the chosen embedding
+    "pretrained": ["random", "tsp", "tsp_diverse", "tsp_diverse+typiclust", "full"],
 }
 # issue #23: BatchNorm or GroupNorm from scratch, and the mask threshold of m and of every mask
 MODEL_CANDIDATES = [{"norm": n, "mask_threshold": t} for t in (0.3, 0.5) for n in ("batch", "group")]
@@ -198,14 +203,29 @@ def settings_for(dataset: str, size: str, regime: str, **overrides: Any):
 
     preset = SIZES[size]
     values: dict[str, Any] = dict(preset["settings"])
-    values["arms"] = list(ARMS["warm" if regime == "warm" else "default"])
+    values["arms"] = list(ARMS[regime if regime in ("warm", "pretrained") else "default"])
     data = preset[dataset]
     values["image_size"] = data.get("image_size", data.get("tile"))
     values["budget"] = data["budget"]
     if dataset != "phantoms":  # groups exist: series (phantoms) or source images (nuclei)
         values["cluster_sources"] = ["embedding", "group"]
+    if regime == "pretrained":
+        values.update(pretrain=True, cluster_sources=["embedding", "pretrained"])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return SimulationSettings(**values)
+
+
+def scratch_design(dataset: str, size: str) -> dict[str, Any]:
+    """The pretrained regime keeps the scratch run's validation choices (model, S_i, display) as
+    its only candidates, so the two runs differ by the pretrained backbone; what the pretrained
+    embedding may change (clusters, TypiClust's embedding) is chosen again on the validation split."""
+    scratch = RESULTS / f"label_efficiency_{dataset}_{size}_scratch" / "simulation.json"
+    if not scratch.is_file():
+        return {}
+    chosen = json.loads(scratch.read_text())["chosen"]
+    return {"model_candidates": [{"norm": chosen["norm"], "mask_threshold": chosen["mask_threshold"]}],
+            "tune_candidates": [[chosen["score_threshold"], chosen["empty_image_rule"]]],
+            "show_thresholds": [chosen["show_threshold"]]}
 
 
 def source_checkpoint(dataset: str, size: str, cache: Path, device: str, threads: int | None) -> Path:
@@ -251,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["phantom_series", "phantoms", "nuclei"], default="phantom_series")
     p.add_argument("--size", choices=list(SIZES), default="smoke")
-    p.add_argument("--regime", choices=["scratch", "warm"], default="scratch")
+    p.add_argument("--regime", choices=["scratch", "warm", "pretrained"], default="scratch")
     p.add_argument("--arms", help="comma list (default: the preset's)")
     p.add_argument("--seeds", help="comma list of seeds")
     p.add_argument("--device", default="auto")
@@ -275,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     results = args.out or RESULTS / name
     if args.design_from:
         overrides["design_from"] = str(args.design_from)
+    if args.regime == "pretrained":
+        overrides.update(scratch_design(args.dataset, args.size))
     if args.regime == "warm":
         overrides["init"] = str(source_checkpoint(args.dataset, args.size, CACHE, args.device, args.threads))
         scratch = RESULTS / f"label_efficiency_{args.dataset}_{args.size}_scratch" / "simulation.json"

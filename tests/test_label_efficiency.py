@@ -91,7 +91,7 @@ def test_parse_arms_flags_and_unknown_strategy():
 
 @pytest.mark.parametrize("size", list(le.SIZES))
 @pytest.mark.parametrize("dataset", ["phantom_series", "phantoms", "nuclei"])
-@pytest.mark.parametrize("regime", ["scratch", "warm"])
+@pytest.mark.parametrize("regime", ["scratch", "warm", "pretrained"])
 def test_presets_are_valid(size, dataset, regime):
     from tsp_model.core.config import TSPConfig
     from tsp_model.simulation.settings import model_overrides
