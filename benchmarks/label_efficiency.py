@@ -81,7 +81,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "nuclei": dict(tile=64, budget=3),  # 3 tiles: M_1 ~0.73 mask AP50 vs ~0.94 with all 435
         # 1 torch thread: on 2 shared cores two OpenMP threads ran a training step 10x slower
         "settings": dict(cycles=3, seeds=[0, 1, 2], image_steps=1000, min_epochs=6, batch_size=2,
-                         lr=0.02, warmup_iters=50, threads=1, model_candidates=MODEL_CANDIDATES,
+                         lr=0.02, warmup_iters=50, threads=1, model_candidates=MODEL_CANDIDATES, pretrain_epochs=60,
                          tune_candidates=[[0.3, "max_c"], [0.5, "max_c"], [0.7, "max_c"], [0.5, "constant"]]),
     },
     "gpu": {
