@@ -30,28 +30,40 @@ OVERRIDES = {
 }
 
 
-def make_snapshot(root: Path, labeled: int = 3, total: int = 6) -> Workdir:
-    """A snapshot as `tsp-sync pull` writes it, from generated phantoms (image id = task id)."""
-    from tsp_model.data.coco_file import write_coco
+def phantom_workdir(root: Path, total: int, seed: int = 5) -> tuple[Workdir, dict]:
+    """A work directory whose image cache holds ``total`` generated phantoms (file = task id),
+    and their COCO document."""
     from tsp_model.synth.phantom import generate_phantoms
 
-    src = generate_phantoms(root / "phantoms", total, size=64, seed=5, lesion_rate=1.0, progress=False)
+    src = generate_phantoms(root / "phantoms", total, size=64, seed=seed, lesion_rate=1.0, progress=False)
     coco = json.loads(src.read_text())
     wd = Workdir(root / "work")
     wd.images.mkdir(parents=True)
     for im in coco["images"]:
         shutil.copy(src.parent / im["file_name"], wd.images / f"{im['id']}.png")
         im["file_name"] = f"{im['id']}.png"
-    keep = {im["id"] for im in coco["images"][:labeled]}
+    return wd, coco
+
+
+def write_snapshot(wd: Workdir, coco: dict, labeled: set[int]) -> None:
+    """The next snapshot as `tsp-sync pull` writes it: the labeled images' COCO, the rest the pool."""
+    from tsp_model.data.coco_file import write_coco
+
     number, tmp = wd.new_snapshot_dir()
-    write_coco(tmp / "annotations.json", [im for im in coco["images"] if im["id"] in keep],
-               [a for a in coco["annotations"] if a["image_id"] in keep], coco["categories"])
+    write_coco(tmp / "annotations.json", [im for im in coco["images"] if im["id"] in labeled],
+               [a for a in coco["annotations"] if a["image_id"] in labeled], coco["categories"])
     pool = [{"task_id": im["id"], "file_name": im["file_name"], "width": 64, "height": 64}
-            for im in coco["images"] if im["id"] not in keep]
+            for im in coco["images"] if im["id"] not in labeled]
     atomic_write_json(tmp / "unlabeled.json", {"image_dir": "../../images", "tasks": pool})
     atomic_write_json(tmp / "manifest.json", {"class_names": CLASS_NAMES, "image_dir": "../../images",
-                                              "counts": {"labeled": labeled, "pool": len(pool)}})
+                                              "counts": {"labeled": len(labeled), "pool": len(pool)}})
     wd.commit_snapshot(tmp, number)
+
+
+def make_snapshot(root: Path, labeled: int = 3, total: int = 6) -> Workdir:
+    """A snapshot of generated phantoms (image id = task id), the first ``labeled`` labeled."""
+    wd, coco = phantom_workdir(root, total)
+    write_snapshot(wd, coco, {im["id"] for im in coco["images"][:labeled]})
     return wd
 
 

@@ -5,15 +5,14 @@ the replay labels them. A change to either side alone fails here."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.ls_fixtures import CLASS_NAMES, make_tiny_checkpoint
+from tests.ls_fixtures import make_tiny_checkpoint
+from tests.test_cli_retrain import phantom_workdir, write_snapshot
 from tsp_cli.settings import ProjectSettings
-from tsp_cli.workdir import Workdir, atomic_write_json
+from tsp_cli.workdir import atomic_write_json
 
 pytestmark = pytest.mark.slow
 
@@ -29,36 +28,13 @@ OVERRIDES = {
 }
 
 
-def _snapshot(wd: Workdir, coco: dict, labeled: set[int]) -> None:
-    """A snapshot as `tsp-sync pull` writes it: the labeled images' COCO, the rest as the pool."""
-    from tsp_model.data.coco_file import write_coco
-
-    number, tmp = wd.new_snapshot_dir()
-    write_coco(tmp / "annotations.json", [im for im in coco["images"] if im["id"] in labeled],
-               [a for a in coco["annotations"] if a["image_id"] in labeled], coco["categories"])
-    pool = [{"task_id": im["id"], "file_name": im["file_name"], "width": 64, "height": 64}
-            for im in coco["images"] if im["id"] not in labeled]
-    atomic_write_json(tmp / "unlabeled.json", {"image_dir": "../../images", "tasks": pool})
-    atomic_write_json(tmp / "manifest.json", {"class_names": CLASS_NAMES, "image_dir": "../../images",
-                                              "counts": {"labeled": len(labeled), "pool": len(pool)}})
-    wd.commit_snapshot(tmp, number)
-
-
 def test_the_product_and_the_replay_run_the_same_cycle(tmp_path: Path) -> None:
     from tsp_cli.commands.retrain import retrain
     from tsp_cli.priority import pool_queue
     from tsp_model.al.cycle import run_cycle
     from tsp_model.data.coco import CocoInstanceDataset
     from tsp_model.engine.checkpoint import load_checkpoint, weights_digest
-    from tsp_model.synth.phantom import generate_phantoms
-
-    src = generate_phantoms(tmp_path / "phantoms", 9, size=64, seed=3, lesion_rate=1.0, progress=False)
-    coco = json.loads(src.read_text())
-    wd = Workdir(tmp_path / "work")
-    wd.images.mkdir(parents=True)
-    for im in coco["images"]:
-        shutil.copy(src.parent / im["file_name"], wd.images / f"{im['id']}.png")
-        im["file_name"] = f"{im['id']}.png"
+    wd, coco = phantom_workdir(tmp_path, 9, seed=3)
     atomic_write_json(tmp_path / "all.json", coco)
     settings = ProjectSettings(name="t", label_studio_project=1, workdir=wd.root, model_dir=wd.root / "models",
                                overrides=OVERRIDES)
@@ -74,8 +50,8 @@ def test_the_product_and_the_replay_run_the_same_cycle(tmp_path: Path) -> None:
     assert len(replayed.selected_ids) == 2 and replayed.num_pseudo_images > 0
 
     # the product: people labeled the same images; snapshot 2 holds them, M_1 is the current model
-    _snapshot(wd, coco, set(first))
-    _snapshot(wd, coco, set(first) | set(replayed.selected_ids))
+    write_snapshot(wd, coco, set(first))
+    write_snapshot(wd, coco, set(first) | set(replayed.selected_ids))
     trained = retrain(settings, wd, progress=False)
     assert trained["init"] == "tsp-test-m1" and trained["pseudo_images"] == replayed.num_pseudo_images
     product, replay = load_checkpoint(trained["checkpoint"]), load_checkpoint(replayed.checkpoint)
