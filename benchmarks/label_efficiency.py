@@ -151,6 +151,7 @@ def _write_tiles(out_dir: Path, sources: Sequence[tuple[str, Path, Path]], tile:
     import tifffile
     from PIL import Image
 
+    from tsp_model.core.rle import rle_for_json
     from tsp_model.data.coco_file import write_coco
 
     images, anns = [], []
@@ -170,7 +171,7 @@ def _write_tiles(out_dir: Path, sources: Sequence[tuple[str, Path, Path]], tile:
             for m in masks:
                 rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
                 anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1,
-                             "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                             "segmentation": rle_for_json(rle),
                              "area": float(m.sum()), "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0})
     return write_coco(out_dir / "annotations.json", images, anns, [{"id": 1, "name": "nucleus"}])
 
