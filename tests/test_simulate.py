@@ -240,3 +240,18 @@ def test_simulate_pretrains_the_backbone_and_starts_every_model_from_it(series, 
     assert doc["chosen"]["typiclust_embedding"] in ("thumbnail", "pretrained")
     assert {r["arm"] for r in doc["runs"]} == {"random", "random+typiclust"}
     assert any(k.startswith("body.") for k in backbone) and any(k.startswith("fpn.") for k in backbone)
+
+
+def test_the_backbone_is_pretrained_with_the_norm_its_detectors_use():
+    """A backbone pretrained with GroupNorm and fine-tuned with BatchNorm starts from affine weights
+    without their running statistics: the pretraining takes the model candidates' norm when they
+    agree (the pretrained regime's single candidate is the scratch run's choice)."""
+    from tsp_model.simulation.run import pretrain_norm
+
+    one = _tiny(model_candidates=[{"norm": "batch", "mask_threshold": 0.3}])
+    assert pretrain_norm(one) == "batch"
+    same = _tiny(model_candidates=[{"norm": "batch", "mask_threshold": 0.3}, {"norm": "batch", "mask_threshold": 0.5}])
+    assert pretrain_norm(same) == "batch"
+    mixed = _tiny(norm="auto", model_candidates=[{"norm": "batch"}, {"norm": "group"}])
+    assert pretrain_norm(mixed) == "auto"
+    assert pretrain_norm(_tiny(norm="group")) == "group"

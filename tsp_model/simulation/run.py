@@ -92,6 +92,15 @@ def _design(rp: Replay, out_dir: Path) -> dict[str, Any]:
     return design
 
 
+def pretrain_norm(s: SimulationSettings) -> str:
+    """The norm layer the backbone is pretrained with: the one its detectors will use, i.e. that
+    of the model candidates when they all name one (a backbone pretrained with GroupNorm and
+    fine-tuned with BatchNorm would start from affine weights without their statistics);
+    otherwise the configured ``norm``."""
+    norms = {c.get("norm", s.norm) for c in s.model_candidates or [{}]}
+    return norms.pop() if len(norms) == 1 else s.norm
+
+
 def _pretrain(s: SimulationSettings, data: SimulationData, out_dir: Path, base_config: TSPConfig | None,
               ledger: Ledger, progress: bool) -> dict[str, Any]:
     """The replay's pretrained backbone: SimSiam on the pool's slices (never the validation or
@@ -101,6 +110,7 @@ def _pretrain(s: SimulationSettings, data: SimulationData, out_dir: Path, base_c
     entry = ledger.get("pretrain")
     if entry is None or not Path(entry["checkpoint"]).is_file():
         cfg = s.config(0, base_config)
+        cfg.model.norm = pretrain_norm(s)  # type: ignore[assignment]
         if s.pretrain_epochs is not None:
             cfg.pretrain.epochs = s.pretrain_epochs
         cfg.pretrain.workers, cfg.pretrain.device, cfg.pretrain.amp = s.workers, s.device, s.amp
