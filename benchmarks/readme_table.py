@@ -3,7 +3,8 @@
     python benchmarks/readme_table.py            # every label_efficiency_*_cpu_scratch run found
 
 One row per data set and cycle: mask mAP@0.5 on the test set, mean over the paired seeds; for the
-other arms also the mean paired difference to ``random`` and how many seeds it was positive on.
+other arms also the mean paired difference to ``random`` and how many seeds it was positive on
+(``=`` in the first cycle, whose batch is the seed's random batch for every arm).
 Then the calibration table: Spearman correlation of c, b, m, s with each validation detection's
 true mask IoU (and of b with its box IoU), cycle-2 ``tsp`` model, mean and range over the seeds,
 before the issue-23 fixes (``calibration_before``) and after (the run's own ``calibration``).
@@ -33,6 +34,9 @@ def rows(doc: dict) -> list[str]:
             s = doc["summary"].get(arm)
             if not s or i >= len(s):
                 cells.append("–")
+                continue
+            if i == 0:  # every arm's first batch is the seed's shared random batch
+                cells.append("=")
                 continue
             d = paired[arm][i]
             cells.append(f"{s[i]['segm_ap50_mean']:.3f} ({d['mean']:+.3f}, {d['wins']}/{d['seeds']})")
