@@ -13,7 +13,8 @@ peak RSS read from ``os.wait4``:
 * ``score``: ``python -m tsp_model.engine.score``, the pool scoring ``tsp-sync score`` runs (in
   its own process for ``--gpus 1``, under torchrun for more): an untrained tiny_fpn checkpoint
   on the CPU, records streamed to the score file
-* ``push``: ``tsp-sync score``, which reuses that score file: one prediction per unlabeled task,
+* ``push``: ``tsp-sync score``, which reuses that score file: one prediction per task (labeled tasks
+  carry one for their cluster),
   then the previous version's predictions deleted
 * ``reorder``: ``tsp-sync reorder`` (Uncertainty sampling, the view, the ``/next`` check)
 * ``status``: ``tsp-sync status``
@@ -113,20 +114,31 @@ def tiny_checkpoint(path: Path, version: str, config: Path) -> Path:
                                   "model_version": version})
 
 
+# A child's peak RSS starts at its parent's RSS when it was forked (Linux keeps the high-water
+# mark across exec), and this process holds torch: each stage is started by a small launcher, so
+# its peak RSS is its own, not this process's.
+LAUNCHER = ("import os, subprocess, sys\n"
+            "proc = subprocess.Popen(sys.argv[2:])\n"
+            "_, status, usage = os.wait4(proc.pid, 0)\n"
+            "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def run_stage(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
-    """Run one stage as its own process: wall time, peak RSS (os.wait4), load before and after."""
+    """Run one stage as its own process: wall time, its peak RSS (wait4 in a small launcher),
+    load before and after."""
     load0 = os.getloadavg()[0]
+    rss_file = cwd / "stage.maxrss"
     t0 = time.perf_counter()
     with open(cwd / "stage.log", "ab") as log:
         log.write(f"\n$ {' '.join(cmd)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(rss_file), *cmd], cwd=cwd, env=env,
+                              stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} exited with {code}; see {cwd / 'stage.log'}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(int(rss_file.read_text()) / 1024, 1),
             "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
@@ -180,7 +192,7 @@ def build_project(client, ls, n: int, labeled: int, size: int, old_version: str)
 
 def check_predictions(client, project_id: int, pool: list[int], version: str) -> dict:
     """From Label Studio's prediction list: how many unlabeled tasks hold exactly one prediction of
-    ``version`` and nothing else."""
+    ``version`` and nothing else. Labeled tasks may hold one too (their cluster, for the queue)."""
     http = client._client_wrapper.httpx_client
     preds = http.request("api/predictions/", method="GET", params={"project": project_id},
                          request_options={"timeout_in_seconds": 600}).json()
@@ -194,7 +206,8 @@ def check_predictions(client, project_id: int, pool: list[int], version: str) ->
             "two_or_more_current": sum(by_task.get(t, []).count(version) > 1 for t in pool),
             "other_versions_left": sum(any(v != version for v in vs) for vs in by_task.values()),
             "on_labeled_tasks": sum(1 for t in by_task if t not in pool_set),
-            "ok": exactly_one == len(pool) and len(by_task) == len(pool)}
+            "labeled_with_two_or_more": sum(len(vs) > 1 for t, vs in by_task.items() if t not in pool_set),
+            "ok": exactly_one == len(pool) and all(vs == [version] for vs in by_task.values())}
 
 
 def run_size(client, ls, n: int, args, base: Path, env: dict[str, str]) -> dict:
@@ -308,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tsp_cli.local_server import LocalLabelStudio
     from tsp_model.core.atomic import atomic_write_text
+    from tsp_model.simulation.run import source_commit
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="tsp-scaling-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -318,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         from tests.pg_fixtures import LocalPostgres, compose_label_studio_env
 
         pg = LocalPostgres().start()
+        database = f"PostgreSQL {pg.version()}"
         extra = {**compose_label_studio_env(pg), **extra}
+    else:
+        database = "SQLite"
     load_start = os.getloadavg()[0]
     ls = LocalLabelStudio(base / "label-studio", extra_env=extra)
     try:
@@ -335,11 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [r["tasks"] for r in runs]
     result = {
         "benchmark": "scaling",
+        "commit": source_commit(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "load_start": round(load_start, 2),
                     "load_end": round(os.getloadavg()[0], 2)},
-        "label_studio": {"version": f"1.23.2 (local, {'SQLite' if pg is None else 'PostgreSQL ' + pg.version()})",
+        "label_studio": {"version": f"1.23.2 (local, {database})",
                          "database": args.database, "memory_efficient_import": not args.legacy_import},
         "settings": {"labeled": args.labeled, "size": args.size, "detections": args.detections,
                      "push_batch": args.push_batch, "backbone": "tiny_fpn (untrained)", "device": "cpu"},
